@@ -1,0 +1,1 @@
+"""FastAPI + WebSocket dashboard: live fleet state from Redis, history from ClickHouse."""

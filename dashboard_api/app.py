@@ -1,0 +1,75 @@
+"""The FastAPI application: REST under /api, WebSocket at /ws, the page at /, probes under /health.
+
+In embedded ClickHouse mode this process also runs the Kafka -> ClickHouse sink, because one process
+owns the chDB data directory (the API reads what the sink writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from fastapi import Depends, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from dashboard_api.auth import require_token
+from dashboard_api.hub import Hub
+from dashboard_api.routes import devices, health, ws
+from history.client import get_client
+from history.migrations import migrate
+from history.sink import ClickHouseSink
+from iotp.settings import Settings, get_settings
+from iotp.topics import redis_names
+
+log = logging.getLogger("iotp.api")
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        names = redis_names(settings)
+        app.state.redis = aioredis.from_url(settings.redis_url)
+        app.state.names = names
+        app.state.clickhouse = await asyncio.to_thread(get_client, settings)
+        await asyncio.to_thread(migrate, app.state.clickhouse, settings.clickhouse_database)
+        app.state.hub = Hub(app.state.redis, {"readings": names.channel_readings,
+                                              "aggregates": names.channel_aggregates,
+                                              "alerts": names.channel_alerts})
+        tasks = [asyncio.create_task(app.state.hub.run(), name="hub")]
+        stop = asyncio.Event()
+        app.state.sink = None
+        if settings.api_embedded_sink:
+            app.state.sink = ClickHouseSink(settings, app.state.clickhouse)
+            tasks.append(asyncio.create_task(app.state.sink.run(stop), name="sink"))
+        try:
+            yield
+        finally:
+            stop.set()
+            for task in tasks:
+                if task.get_name() != "sink":
+                    task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(task, 15)
+            await app.state.redis.aclose()
+
+    app = FastAPI(title="IoT telemetry pipeline", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.include_router(health.router)
+    app.include_router(devices.router, dependencies=[Depends(require_token)])
+    app.include_router(ws.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    return app

@@ -1,0 +1,1 @@
+"""History in ClickHouse: migrations, the Kafka -> ClickHouse sink, and analytics queries."""

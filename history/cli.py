@@ -1,0 +1,35 @@
+"""``iotp sink``: the Kafka -> ClickHouse sink as its own process (for ClickHouse server mode; in
+embedded mode the API process runs it, because one process owns the chDB directory)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def sink() -> None:
+    import asyncio
+    import logging
+    import signal
+
+    from history.client import get_client
+    from history.migrations import migrate
+    from history.sink import ClickHouseSink
+    from iotp.settings import get_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = get_settings()
+    if settings.clickhouse_embedded and settings.api_embedded_sink:
+        typer.echo("note: embedded ClickHouse and IOTP_API_EMBEDDED_SINK=true: the API process already "
+                   "runs the sink; running both would fight over the chDB directory.", err=True)
+        raise typer.Exit(2)
+    client = get_client(settings)
+    migrate(client, settings.clickhouse_database)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await ClickHouseSink(settings, client).run(stop)
+
+    asyncio.run(main())

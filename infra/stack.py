@@ -1,0 +1,178 @@
+"""The local stack: the backing services (Mosquitto, Redis, Kafka-wire broker) and, optionally, the
+pipeline's own processes, all under one supervisord whose files live in ``<state_dir>/run``.
+
+``up`` is idempotent: services that already run are left alone; a port held by a foreign process is a
+clear error rather than a confusing failure later.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from infra.kafka_admin import create_topics_sync
+from infra.kafka_broker import broker_command
+from infra.ports import port_open, wait_port
+from infra.supervisor import Program, Supervisor
+from infra.system_packages import ensure_binaries
+from iotp.settings import Settings
+
+SERVICES_GROUP = "services"
+PIPELINE_GROUP = "pipeline"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    host: str
+    port: int
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as ``IOTP_*`` variables, so child processes see exactly this configuration."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, list):
+            text = json.dumps(value)  # pydantic-settings parses complex values as JSON
+        elif isinstance(value, Path):
+            text = str(value.resolve())
+        else:
+            text = str(value)
+        env[f"IOTP_{name.upper()}"] = text
+    return env
+
+
+class LocalStack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.run_dir = (settings.state_dir / "run").resolve()
+        self.supervisor = Supervisor(self.run_dir)
+
+    # ------------------------------------------------------------- endpoints
+    def endpoints(self) -> list[Endpoint]:
+        s = self.settings
+        redis = urlparse(s.redis_url)
+        kafka_host, kafka_port = s.kafka_bootstrap.split(",")[0].rsplit(":", 1)
+        return [
+            Endpoint("mosquitto", s.mqtt_host, s.mqtt_port),
+            Endpoint("redis", redis.hostname or "127.0.0.1", redis.port or 6379),
+            Endpoint("kafka", kafka_host, int(kafka_port)),
+        ]
+
+    # -------------------------------------------------------------- programs
+    def _service_programs(self) -> list[Program]:
+        bins = ensure_binaries()
+        ep = {e.name: e for e in self.endpoints()}
+        mosquitto_conf = self.run_dir / "mosquitto.conf"
+        mosquitto_conf.parent.mkdir(parents=True, exist_ok=True)
+        mosquitto_conf.write_text(
+            f"listener {ep['mosquitto'].port} {ep['mosquitto'].host}\n"
+            "allow_anonymous true\n"
+            # The defaults (20 in flight, 1000 queued) throttle a fast QoS 1 consumer badly.
+            "max_inflight_messages 1000\n"
+            "max_queued_messages 200000\n"
+            "max_packet_size 1048576\n"
+            "persistence false\n"
+            "log_dest stdout\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+        )
+        redis_dir = self.run_dir / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        return [
+            Program("mosquitto", [str(bins["mosquitto"]), "-c", str(mosquitto_conf)], SERVICES_GROUP,
+                    priority=10),
+            Program("redis", [str(bins["redis-server"]), "--port", str(ep["redis"].port),
+                              "--bind", ep["redis"].host, "--save", "", "--appendonly", "no",
+                              "--dir", str(redis_dir), "--daemonize", "no"], SERVICES_GROUP, priority=10),
+            Program("kafka", broker_command(ep["kafka"].host, ep["kafka"].port), SERVICES_GROUP,
+                    priority=10),
+        ]
+
+    def _pipeline_programs(self, simulate_args: list[str]) -> list[Program]:
+        env = settings_env(self.settings)
+        iotp = [sys.executable, "-m", "iotp"]
+        return [
+            Program("gateway", [*iotp, "gateway"], PIPELINE_GROUP, autostart=False, env=env, priority=20),
+            Program("stream", [*iotp, "stream"], PIPELINE_GROUP, autostart=False, env=env, priority=20),
+            Program("api", [*iotp, "api"], PIPELINE_GROUP, autostart=False, env=env, priority=30),
+            Program("simulator", [*iotp, "simulate", *simulate_args], PIPELINE_GROUP, autostart=False,
+                    env=env, priority=40),
+        ]
+
+    # ------------------------------------------------------------ lifecycle
+    def up(self, simulate_args: list[str] | None = None, timeout: float = 30.0) -> None:
+        """Start the services (and the pipeline when ``simulate_args`` is given) and wait for them."""
+        if not self.supervisor.running():
+            taken = [e for e in self.endpoints() if port_open(e.host, e.port)]
+            if taken:
+                names = ", ".join(f"{e.name} {e.host}:{e.port}" for e in taken)
+                raise StackError(
+                    f"port already in use by another process: {names}. Stop that process or choose "
+                    "other ports (IOTP_MQTT_PORT, IOTP_REDIS_URL, IOTP_KAFKA_BOOTSTRAP).")
+        programs = self._service_programs()
+        programs += self._pipeline_programs(simulate_args or [])
+        self.supervisor.write_config(programs)
+        self.supervisor.start_daemon()
+        self.supervisor.start_group(SERVICES_GROUP)
+        for endpoint in self.endpoints():
+            try:
+                wait_port(endpoint.host, endpoint.port, timeout, endpoint.name)
+            except TimeoutError as exc:
+                log = self.supervisor.log_dir / f"{endpoint.name}.log"
+                raise StackError(f"{exc}; see {log}") from exc
+        create_topics_sync(self.settings)
+        if simulate_args is not None:
+            self.supervisor.start_group(PIPELINE_GROUP)
+
+    def wait_api(self, timeout: float = 120.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        url = f"{self.settings.api_url}/health/ready"
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            failed = [p["name"] for p in self.supervisor.processes()
+                      if p["group"] == PIPELINE_GROUP and p["statename"] in ("FATAL", "BACKOFF")]
+            if failed:
+                logs = ", ".join(str(self.supervisor.log_dir / f"{n}.log") for n in failed)
+                raise StackError(f"{', '.join(failed)} keep crashing; see {logs}")
+            time.sleep(0.5)
+        raise StackError(f"dashboard API not ready within {timeout:.0f}s; see "
+                         f"{self.supervisor.log_dir / 'api.log'}")
+
+    def stop_pipeline(self) -> None:
+        if self.supervisor.running():
+            self.supervisor.stop_group(PIPELINE_GROUP)
+
+    def down(self) -> None:
+        self.supervisor.shutdown()
+
+    def status(self) -> list[dict]:
+        """One row per program: name, group, state, pid, uptime; plus whether its port answers."""
+        ports = {e.name: e for e in self.endpoints()}
+        rows = []
+        for info in self.supervisor.processes():
+            endpoint = ports.get(info["name"])
+            rows.append({
+                "name": info["name"], "group": info["group"], "state": info["statename"],
+                "pid": info["pid"] or None, "description": info["description"],
+                "endpoint": f"{endpoint.host}:{endpoint.port}" if endpoint else "",
+                "answers": port_open(endpoint.host, endpoint.port) if endpoint else None,
+            })
+        return rows

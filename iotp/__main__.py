@@ -1,0 +1,3 @@
+from iotp.cli import app
+
+app()

@@ -1,0 +1,38 @@
+"""aiokafka producer/consumer factories from the settings (one place for client tuning)."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from iotp.settings import Settings
+
+
+def make_producer(settings: Settings, **overrides) -> AIOKafkaProducer:
+    compression = settings.kafka_compression if settings.kafka_compression not in (None, "none") else None
+    options = dict(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=settings.kafka_idempotence,
+        compression_type=compression,
+        linger_ms=5,
+        max_batch_size=512 * 1024,
+        max_request_size=4 * 1024 * 1024,
+        request_timeout_ms=30000,
+    )
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def make_consumer(settings: Settings, *topics: str, group_id: str | None, **overrides) -> AIOKafkaConsumer:
+    options = dict(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        # The local broker holds each JoinGroup for session_timeout/2: keep it short (LOCAL_INFRA.md).
+        session_timeout_ms=10000,
+        heartbeat_interval_ms=1000,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)

@@ -1,0 +1,137 @@
+"""The reading schema, on the wire (MQTT payload) and inside the pipeline (Kafka record).
+
+MQTT payload, schema version 1 -- one reading, or a JSON array of readings of one device::
+
+    {"v": 1, "device_id": "climate-0001", "device_type": "climate", "seq": 17,
+     "ts": 1763800000123, "metrics": {"temperature": 21.4, "humidity": 41.0, "co2": 612.0}}
+
+``ts`` is the sensor's clock in epoch milliseconds (UTC); ``seq`` increases by one per reading of a
+device and, with the device id, makes the reading id that every downstream stage deduplicates on.
+
+Kafka record on the readings topic: key = device id (so a device's readings stay ordered in one
+partition), value = a :class:`ReadingBatch` -- the normalized readings of that device that the gateway
+collected within its linger window. Carrying several readings per record is what keeps the per-record
+cost of the stream jobs affordable (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+SCHEMA_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+
+DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+MetricName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class Reading(BaseModel):
+    """One reading as a device publishes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = SCHEMA_VERSION
+    device_id: DeviceId
+    device_type: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    seq: int = Field(ge=0, lt=2**63)
+    ts: int = Field(ge=0, lt=2**47, description="sensor time, epoch milliseconds UTC")
+    metrics: dict[MetricName, float] = Field(min_length=1, max_length=64)
+
+    @field_validator("metrics")
+    @classmethod
+    def _finite(cls, metrics: dict[str, float]) -> dict[str, float]:
+        for name, value in metrics.items():
+            if not math.isfinite(value):
+                raise ValueError(f"metric {name!r} is not a finite number")
+        return metrics
+
+    @property
+    def reading_id(self) -> str:
+        return reading_id(self.device_id, self.seq)
+
+
+def reading_id(device_id: str, seq: int) -> str:
+    return f"{device_id}:{seq}"
+
+
+class NormalizedReading(BaseModel):
+    """A validated reading inside a :class:`ReadingBatch`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    seq: int
+    ts: int
+    rx: int = Field(description="gateway receive time, epoch ms")
+    metrics: dict[str, float]
+
+
+class ReadingBatch(BaseModel):
+    """The value of one Kafka record on the readings topic: readings of one device, in seq order."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    device_id: str
+    device_type: str
+    readings: list[NormalizedReading]
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.model_dump())
+
+
+def encode_batch(device_id: str, device_type: str, readings: list[dict]) -> bytes:
+    """Fast path used by the gateway: readings are dicts already shaped like NormalizedReading."""
+    return orjson.dumps({"v": SCHEMA_VERSION, "device_id": device_id, "device_type": device_type,
+                         "readings": readings})
+
+
+def decode_batch(raw: bytes) -> dict:
+    """Fast path used by consumers: the gateway already validated the content, so skip pydantic."""
+    return orjson.loads(raw)
+
+
+class WindowAggregate(BaseModel):
+    """Value of a record on the aggregates topic (key = device id): one closed tumbling window of one
+    device x metric."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    device_id: str
+    device_type: str
+    metric: str
+    window_s: int
+    start: int = Field(description="window start, epoch ms (inclusive)")
+    end: int = Field(description="window end, epoch ms (exclusive)")
+    count: int
+    min: float
+    max: float
+    mean: float
+    std: float
+    late: int = Field(0, description="readings that arrived after the window end, within the grace period")
+
+
+AlertState = Literal["open", "resolved"]
+Severity = Literal["info", "warning", "critical"]
+
+
+class Alert(BaseModel):
+    """Value of a record on the alerts topic (key = device id). An alert is opened once per device x rule
+    (x metric) and later resolved; both events carry the same ``alert_id``."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    alert_id: str = Field(description="deterministic: device, rule, metric and the first reading's time")
+    device_id: str
+    device_type: str
+    metric: str | None = Field(None, description="None for device-level rules (silence)")
+    rule: str = Field(description="threshold|zscore|rate_of_change|flatline|silence|...")
+    severity: Severity
+    state: AlertState
+    value: float | None = None
+    expected_min: float | None = None
+    expected_max: float | None = None
+    first_seen: int = Field(description="epoch ms")
+    last_seen: int = Field(description="epoch ms")
+    resolved_at: int | None = None
+    message: str = ""

@@ -1,0 +1,1 @@
+"""Faust stream jobs: windowed aggregates, anomaly alerts, latest device state in Redis."""

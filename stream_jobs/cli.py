@@ -1,0 +1,17 @@
+"""``iotp stream``: one Faust worker; run several for more partitions in parallel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def stream(
+    loglevel: Annotated[str, typer.Option(help="Faust log level")] = "info",
+) -> None:
+    from faust.worker import Worker
+
+    from stream_jobs.app import app
+
+    Worker(app, loglevel=loglevel).execute_from_commandline()

@@ -1,0 +1,84 @@
+"""Backing services for the tests: containers through testcontainers where a Docker engine answers,
+the project's native local stack (``infra.stack``) otherwise. Either way, real services over real
+connections, on ports of their own, so a developer's running stack and parallel runs do not collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from infra.kafka_admin import create_topics_sync
+from infra.ports import free_port
+from infra.stack import LocalStack
+from iotp.settings import Settings
+
+
+def docker_available() -> bool:
+    if os.environ.get("IOTP_TEST_NO_DOCKER"):
+        return False
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+def test_settings(state_dir: Path, **overrides) -> Settings:
+    """Settings for a test session: fresh ports and an isolated state dir (embedded ClickHouse inside)."""
+    values = dict(
+        state_dir=state_dir,
+        mqtt_port=free_port(),
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        api_port=free_port(),
+        gateway_metrics_port=free_port(),
+        stream_web_port=free_port(),
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextlib.contextmanager
+def native_services(settings: Settings) -> Iterator[Settings]:
+    stack = LocalStack(settings)
+    stack.up()
+    try:
+        yield settings
+    finally:
+        stack.down()
+
+
+@contextlib.contextmanager
+def container_services(settings: Settings) -> Iterator[Settings]:
+    """Mosquitto, Redis and Apache Kafka (KRaft) in containers -- the images docker-compose uses."""
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.redis import RedisContainer
+
+    conf = settings.state_dir / "mosquitto-test.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("listener 1883 0.0.0.0\nallow_anonymous true\nmax_inflight_messages 1000\n"
+                    "max_queued_messages 200000\npersistence false\n")
+    mosquitto = (DockerContainer("eclipse-mosquitto:2.0").with_exposed_ports(1883)
+                 .with_volume_mapping(str(conf), "/mosquitto/config/mosquitto.conf"))
+    with RedisContainer("redis:7.2") as redis, KafkaContainer("apache/kafka:3.8.0").with_kraft() as kafka, \
+            mosquitto:
+        wait_for_logs(mosquitto, "running", timeout=30)
+        updated = settings.model_copy(update=dict(
+            mqtt_host=mosquitto.get_container_host_ip(),
+            mqtt_port=int(mosquitto.get_exposed_port(1883)),
+            redis_url=f"redis://{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/0",
+            kafka_bootstrap=kafka.get_bootstrap_server(),
+        ))
+        create_topics_sync(updated)
+        yield updated
+
+
+def services(settings: Settings) -> contextlib.AbstractContextManager[Settings]:
+    return container_services(settings) if docker_available() else native_services(settings)

@@ -1,0 +1,79 @@
+"""The whole pipeline with real services: MQTT -> gateway -> Kafka -> Faust -> Redis and
+Kafka -> ClickHouse -> API, with a WebSocket client watching."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import orjson
+import pytest
+import websockets
+
+from tests.support.mqtt_publish import publish_readings, reading
+from tests.support.waiting import async_wait_for
+
+pytestmark = pytest.mark.integration
+
+DEVICES = 5
+PER_DEVICE = 10
+
+
+async def test_readings_flow_to_clickhouse_redis_and_websocket(isolated_settings, processes):
+    settings = isolated_settings
+    for name in ("gateway", "stream", "api"):
+        processes.start(name)
+    base = settings.api_url
+    headers = {"Authorization": f"Bearer {settings.api_token}"}
+
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10) as http:
+        async def api_ready():
+            try:
+                return (await http.get("/health/ready")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await async_wait_for(api_ready, timeout=90, message="API ready")
+
+        tag = uuid.uuid4().hex[:6]
+        device_ids = [f"e2e-{tag}-{i}" for i in range(DEVICES)]
+        sent = [reading(d, seq, temperature=20.0 + seq) for d in device_ids for seq in range(1, PER_DEVICE + 1)]
+        expected_ids = {f"{r['device_id']}:{r['seq']}" for r in sent}
+
+        ws_url = base.replace("http", "ws") + f"/ws?token={settings.api_token}&channels=readings"
+        seen_on_ws: set[str] = set()
+        async with websockets.connect(ws_url) as ws:
+            await asyncio.to_thread(publish_readings, settings, sent)
+
+            async def all_on_ws():
+                try:
+                    while True:
+                        frame = orjson.loads(await asyncio.wait_for(ws.recv(), 0.5))
+                        for r in frame["data"]["readings"]:
+                            seen_on_ws.add(r["id"])
+                except TimeoutError:
+                    pass
+                return expected_ids <= seen_on_ws
+
+            await async_wait_for(all_on_ws, timeout=90, message="all readings on the WebSocket")
+
+        # Redis: the newest reading of each device is the latest state.
+        for device_id in device_ids:
+            async def latest_is_newest(device_id=device_id):
+                resp = await http.get(f"/api/devices/{device_id}")
+                return resp.status_code == 200 and resp.json()["seq"] == PER_DEVICE
+
+            await async_wait_for(latest_is_newest, timeout=60, message=f"latest state of {device_id}")
+            state = (await http.get(f"/api/devices/{device_id}")).json()
+            assert state["metrics"]["temperature"] == 20.0 + PER_DEVICE
+
+        # ClickHouse: exactly the readings sent, each once.
+        for device_id in device_ids:
+            async def stored(device_id=device_id):
+                resp = await http.get(f"/api/devices/{device_id}/history", params={"metric": "temperature"})
+                points = resp.json()["points"] if resp.status_code == 200 else []
+                return points if len(points) >= PER_DEVICE else None
+
+            points = await async_wait_for(stored, timeout=60, message=f"history of {device_id}")
+            assert sorted(p["value"] for p in points) == [20.0 + s for s in range(1, PER_DEVICE + 1)]
