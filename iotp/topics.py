@@ -53,7 +53,21 @@ class RedisNames:
         return f"{self.prefix}:alerts"
 
     @property
+    def open_alerts(self) -> str:
+        """Hash: alert id -> JSON of the open :class:`iotp.schema.Alert` (written by the stream jobs)."""
+        return f"{self.prefix}:alerts:open"
+
+    @property
+    def alert_acks(self) -> str:
+        """Hash: alert id -> JSON ``{"by": ..., "at": epoch ms, "note": ...}`` (written by the API)."""
+        return f"{self.prefix}:alerts:acks"
+
+    @property
     def stats_key(self) -> str:
+        """Hash of pipeline counters, fields ``<stage>.<counter>``: cumulative integers (HINCRBY) such as
+        ``gateway.received``, ``gateway.forwarded``, ``gateway.rejected``, ``stream.records``,
+        ``stream.readings``, ``stream.aggregates``, ``stream.alerts``, ``sink.rows``; and latest values
+        (HSET) ``<stage>.lag`` (records behind the high watermark) and ``<stage>.updated_ms``."""
         return f"{self.prefix}:stats"
 
 
