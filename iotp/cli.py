@@ -57,6 +57,14 @@ def stack_up() -> None:
     _print_status()
 
 
+@stack_app.command("topics", help="Create the pipeline's Kafka topics (idempotent); for an existing cluster.")
+def stack_topics() -> None:
+    from infra.kafka_admin import create_topics_sync
+
+    created = create_topics_sync(get_settings())
+    console.print(f"created: {', '.join(created) or 'nothing (all exist)'}")
+
+
 @stack_app.command("down", help="Stop the services (and any pipeline process).")
 def stack_down() -> None:
     _stack().down()

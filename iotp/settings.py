@@ -7,11 +7,13 @@ by a ``.env`` file in the working directory. The defaults are the local developm
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -60,7 +62,8 @@ class Settings(BaseSettings):
     # --- Stream jobs (Faust) ---
     stream_app_id: str = "iotp-stream"
     stream_web_port: int = 6066
-    stream_windows_s: list[int] = Field(default_factory=lambda: [10, 60])
+    stream_windows_s: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [10, 60],
+                                                             description="e.g. 10,60 or [10, 60]")
     stream_window_grace_s: float = 5.0
 
     # --- Dashboard API ---
@@ -68,6 +71,13 @@ class Settings(BaseSettings):
     api_port: int = 8000
     api_token: str = Field("dev-token", description="Dev default; set IOTP_API_TOKEN in any shared setup")
     api_embedded_sink: bool = Field(True, description="Run the ClickHouse sink inside the API process")
+    api_ws_queue: int = Field(1000, ge=1, description="Max frames pending per WebSocket client")
+    api_ws_coalesce_after: int = Field(100, ge=0, description="Pending frames after which a client gets only "
+                                       "the latest value per device")
+    api_ws_heartbeat_s: float = Field(10.0, gt=0, description="App-level heartbeat frame interval")
+    api_ws_ping_s: float = Field(20.0, gt=0, description="WebSocket protocol ping interval")
+    api_offline_after_s: float = Field(120.0, gt=0, description="Device shown offline when silent this long")
+    api_max_range_days: int = Field(31, ge=1, description="Longest time range a history query may span")
 
     # --- History sink ---
     sink_batch_rows: int = Field(20000, ge=1)
@@ -77,7 +87,9 @@ class Settings(BaseSettings):
     @field_validator("stream_windows_s", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip().startswith("["):
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [int(part) for part in value.split(",") if part.strip()]
         return value
 

@@ -10,7 +10,7 @@ import pytest
 from infra.kafka_admin import create_topics_sync
 from iotp.settings import Settings
 from tests.support.processes import ProcessGroup
-from tests.support.services import docker_available, services, test_settings
+from tests.support.services import docker_available, make_test_settings, services
 
 
 def pytest_report_header(config) -> str:
@@ -21,7 +21,7 @@ def pytest_report_header(config) -> str:
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory) -> Iterator[Settings]:
     """Mosquitto, Redis and a Kafka-wire broker for the whole session, on free loopback ports."""
-    base = test_settings(tmp_path_factory.mktemp("iotp-stack"))
+    base = make_test_settings(tmp_path_factory.mktemp("iotp-stack"))
     with services(base) as settings:
         yield settings
 

@@ -28,7 +28,7 @@ def docker_available() -> bool:
         return False
 
 
-def test_settings(state_dir: Path, **overrides) -> Settings:
+def make_test_settings(state_dir: Path, **overrides) -> Settings:
     """Settings for a test session: fresh ports and an isolated state dir (embedded ClickHouse inside)."""
     values = dict(
         state_dir=state_dir,
