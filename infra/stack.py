@@ -100,19 +100,27 @@ class LocalStack:
                     priority=10),
         ]
 
-    def _pipeline_programs(self, simulate_args: list[str]) -> list[Program]:
+    def _pipeline_programs(self, simulate_args: list[str], gateways: int = 1, workers: int = 1) -> list[Program]:
         env = settings_env(self.settings)
         iotp = [sys.executable, "-m", "iotp"]
-        return [
-            Program("gateway", [*iotp, "gateway"], PIPELINE_GROUP, autostart=False, env=env, priority=20),
-            Program("stream", [*iotp, "stream"], PIPELINE_GROUP, autostart=False, env=env, priority=20),
-            Program("api", [*iotp, "api"], PIPELINE_GROUP, autostart=False, env=env, priority=30),
-            Program("simulator", [*iotp, "simulate", *simulate_args], PIPELINE_GROUP, autostart=False,
-                    env=env, priority=40),
-        ]
+        programs = []
+        for i in range(gateways):
+            # A stable client id per instance: its persistent MQTT session survives a restart.
+            programs.append(Program(
+                f"gateway-{i}", [*iotp, "gateway", "--client-id", f"iotp-gateway-{i}",
+                                 "--metrics-port", str(self.settings.gateway_metrics_port + i)],
+                PIPELINE_GROUP, autostart=False, env=env, priority=20))
+        for i in range(workers):
+            programs.append(Program(f"stream-{i}", [*iotp, "stream"], PIPELINE_GROUP, autostart=False, env=env,
+                                    priority=20))
+        programs.append(Program("api", [*iotp, "api"], PIPELINE_GROUP, autostart=False, env=env, priority=30))
+        programs.append(Program("simulator", [*iotp, "simulate", *simulate_args], PIPELINE_GROUP,
+                                autostart=False, env=env, priority=40))
+        return programs
 
     # ------------------------------------------------------------ lifecycle
-    def up(self, simulate_args: list[str] | None = None, timeout: float = 30.0) -> None:
+    def up(self, simulate_args: list[str] | None = None, timeout: float = 30.0, gateways: int = 1,
+           workers: int = 1) -> None:
         """Start the services (and the pipeline when ``simulate_args`` is given) and wait for them."""
         if not self.supervisor.running():
             taken = [e for e in self.endpoints() if port_open(e.host, e.port)]
@@ -122,7 +130,7 @@ class LocalStack:
                     f"port already in use by another process: {names}. Stop that process or choose "
                     "other ports (IOTP_MQTT_PORT, IOTP_REDIS_URL, IOTP_KAFKA_BOOTSTRAP).")
         programs = self._service_programs()
-        programs += self._pipeline_programs(simulate_args or [])
+        programs += self._pipeline_programs(simulate_args or [], gateways, workers)
         self.supervisor.write_config(programs)
         self.supervisor.start_daemon()
         self.supervisor.start_group(SERVICES_GROUP)

@@ -17,6 +17,7 @@ from dashboard_api.cli import api
 from gateway.cli import gateway
 from history.cli import sink
 from iotp.settings import get_settings
+from loadtest.cli import loadtest
 from simulator.cli import simulate
 from stream_jobs.cli import stream
 
@@ -32,6 +33,7 @@ app.command(help="Run the MQTT -> Kafka gateway.")(gateway)
 app.command(help="Run a Faust stream worker (windows, alerts, Redis state).")(stream)
 app.command(help="Run the dashboard API (and, in embedded mode, the ClickHouse sink).")(api)
 app.command(help="Run the Kafka -> ClickHouse sink on its own (ClickHouse server mode).")(sink)
+app.command(help="Drive the running pipeline at a fixed rate or a ramp; measure every stage.")(loadtest)
 
 
 def _stack():
@@ -94,6 +96,8 @@ def up(
     devices: Annotated[int, typer.Option(help="Simulated devices")] = 30,
     rate: Annotated[float, typer.Option(help="Total readings per second")] = 30.0,
     anomaly_rate: Annotated[float, typer.Option(help="Anomalies per device-hour")] = 2.0,
+    gateways: Annotated[int, typer.Option(min=1, help="Gateway processes (shared subscription)")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Faust stream worker processes")] = 1,
 ) -> None:
     from infra.stack import StackError
     from infra.system_packages import InstallError
@@ -102,7 +106,7 @@ def up(
     sim_args = ["--devices", str(devices), "--rate", str(rate), "--anomaly-rate", str(anomaly_rate),
                 "--quiet"]
     try:
-        stack.up(simulate_args=sim_args)
+        stack.up(simulate_args=sim_args, gateways=gateways, workers=workers)
         stack.wait_api()
     except (StackError, InstallError, TimeoutError) as exc:
         _fail(exc)
@@ -124,6 +128,19 @@ def down() -> None:
 @app.command(help="Show every process of the local stack and pipeline.")
 def status() -> None:
     _print_status()
+
+
+@app.command(help="Print the effective settings and the environment variable that overrides each.")
+def config() -> None:
+    from iotp.settings import Settings
+
+    settings = get_settings()
+    table = Table("environment variable", "value", "description")
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        shown = "***" if name.endswith(("password", "token")) and value else str(value)
+        table.add_row(f"IOTP_{name.upper()}", shown, field.description or "")
+    console.print(table)
 
 
 @app.command(help="Print (or follow) a process log: mosquitto, redis, kafka, gateway, stream, api, ...")

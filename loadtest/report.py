@@ -1,0 +1,74 @@
+"""Print the load-test table, and draw throughput and latency against the offered rate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from loadtest.runner import StepResult
+
+
+def print_table(console: Console, results: list[StepResult]) -> None:
+    table = Table("offered/s", "published/s", "MQTT in", "Kafka in", "processed", "Redis", "stored",
+                  "Redis p50/p99 ms", "CH p50/p99 ms", "lost", "dup rows", "drain s", "ok", title="load test")
+    for r in results:
+        rates = r.stage_rates
+
+        def lat(d: dict) -> str:
+            return f"{d.get('p50', '-')}/{d.get('p99', '-')}" if d else "-"
+
+        table.add_row(f"{r.offered:,.0f}", f"{r.publish_rate:,.0f}", f"{rates.get('mqtt_in', 0):,.0f}",
+                      f"{rates.get('kafka_in', 0):,.0f}", f"{rates.get('processed', 0):,.0f}",
+                      f"{rates.get('redis_visible', 0):,.0f}", f"{rates.get('stored', 0):,.0f}",
+                      lat(r.redis_latency_ms), lat(r.clickhouse_latency_ms), str(r.lost), str(r.duplicates),
+                      f"{r.drain_s:.1f}", "[green]yes[/]" if r.sustainable else "[red]no[/]")
+    console.print(table)
+
+
+def process_table(console: Console, results: list[StepResult]) -> None:
+    names = sorted({n for r in results for n in r.processes})
+    table = Table("process", *[f"{r.offered:,.0f}/s" for r in results], title="CPU % (one core = 100) / RSS MB")
+    for name in names:
+        cells = []
+        for r in results:
+            p = r.processes.get(name)
+            cells.append(f"{p['cpu_pct']:.0f} / {p['rss_mb']:.0f}" if p else "-")
+        table.add_row(name, *cells)
+    console.print(table)
+
+
+def plot(results: list[StepResult], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    offered = [r.offered for r in results]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax1.plot(offered, offered, "k--", linewidth=1, label="offered")
+    for stage, label in [("mqtt_in", "MQTT in"), ("kafka_in", "Kafka in"), ("processed", "stream processed"),
+                         ("redis_visible", "visible in Redis"), ("stored", "stored in ClickHouse")]:
+        ax1.plot(offered, [r.stage_rates.get(stage, 0) for r in results], marker="o", label=label)
+    ax1.set_xlabel("offered readings/s")
+    ax1.set_ylabel("achieved readings/s")
+    ax1.set_title("throughput per stage")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    for key, label in [("redis_latency_ms", "sensor → Redis"), ("clickhouse_latency_ms", "sensor → ClickHouse")]:
+        for q, style in (("p50", "-"), ("p99", "--")):
+            values = [getattr(r, key).get(q) for r in results]
+            if any(v is not None for v in values):
+                ax2.plot(offered, [v if v is not None else float("nan") for v in values], style, marker="o",
+                         label=f"{label} {q}")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("offered readings/s")
+    ax2.set_ylabel("latency ms (log)")
+    ax2.set_title("end-to-end latency")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3, which="both")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

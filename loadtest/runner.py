@@ -1,0 +1,192 @@
+"""Drive the running pipeline step by step and measure every stage.
+
+One step = publish at the offered rate for ``step_s`` seconds (the real simulator, as subprocess workers,
+with a device-id prefix of its own), then let the pipeline drain for at most ``drain_s`` seconds, and
+measure:
+
+- throughput per stage over the publishing window, from the cumulative counters every stage keeps in the
+  Redis stats hash (MQTT in = ``gateway.received``, Kafka in = ``gateway.forwarded``, processed =
+  ``stream.readings``, stored = ``sink.readings``), plus what the Redis probe saw;
+- latency sensor time → visible in Redis (probe on the readings channel) and → stored in ClickHouse
+  (``inserted_at - ts`` of the step's rows, computed by ClickHouse through the API);
+- loss and duplicates, exact per device: the simulator numbers each device's readings consecutively, so
+  stored distinct readings per device are compared with what was published;
+- CPU and RSS of every process.
+
+A step is *sustainable* when the publisher kept up (≥ 98 % of offered), every stage kept up with the
+publisher (≥ 95 % during the window — backlog bounded), the backlog drained, and nothing was lost.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import orjson
+import redis
+import yaml
+
+from iotp.settings import Settings
+from iotp.topics import redis_names
+from loadtest.probes import ProcessSampler, RedisLatencyProbe, StageCounters
+
+STAGES = {  # stage -> cumulative counter in the Redis stats hash (MQTT messages for mqtt_in, else readings)
+    "mqtt_in": "gateway.received",
+    "kafka_in": "gateway.forwarded",
+    "processed": "stream.readings",
+    "stored": "sink.readings",
+}
+
+
+@dataclass
+class StepResult:
+    offered: float
+    step_s: float
+    published: int = 0
+    publish_rate: float = 0.0
+    stage_rates: dict[str, float] = field(default_factory=dict)
+    redis_latency_ms: dict[str, float] = field(default_factory=dict)
+    clickhouse_latency_ms: dict[str, float] = field(default_factory=dict)
+    drained: bool = False
+    drain_s: float = 0.0
+    stored: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    processes: dict[str, dict[str, float]] = field(default_factory=dict)
+    sustainable: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    values = sorted(values)
+
+    def q(p: float) -> float:
+        return round(values[min(len(values) - 1, int(p * len(values)))], 1)
+
+    return {"p50": q(0.50), "p95": q(0.95), "p99": q(0.99), "max": round(values[-1], 1),
+            "mean": round(statistics.fmean(values), 1), "n": len(values)}
+
+
+@dataclass
+class LoadTest:
+    settings: Settings
+    devices: int = 200
+    workers: int = 2
+    batch: int = 1
+    qos: int = 1
+    step_s: float = 20.0
+    drain_s: float = 30.0
+    mix: dict[str, float] = field(default_factory=lambda: {"power": 1.0})
+    pids: dict[str, int] = field(default_factory=dict)
+    log = print
+
+    def __post_init__(self) -> None:
+        self.names = redis_names(self.settings)
+        self.redis = redis.Redis.from_url(self.settings.redis_url)
+        self.counters = StageCounters(self.redis, self.names)
+        self.tag = f"lt{uuid.uuid4().hex[:6]}"
+        self.api = httpx.Client(base_url=self.settings.api_url, timeout=30,
+                                headers={"Authorization": f"Bearer {self.settings.api_token}"})
+
+    # ----------------------------------------------------------------- steps
+    def _publish(self, rate: float, prefix: str, workdir: Path) -> dict:
+        scenario = {"name": "loadtest", "fleet": {"devices": self.devices, "mix": self.mix, "id_prefix": prefix},
+                    "rate_per_s": rate, "duration_s": self.step_s, "qos": self.qos, "batch": self.batch,
+                    "anomalies": {"rate_per_device_hour": 0.0}}
+        scenario_file = workdir / f"{prefix}scenario.yaml"
+        scenario_file.write_text(yaml.safe_dump(scenario))
+        stats_file = workdir / f"{prefix}stats.json"
+        cmd = [sys.executable, "-m", "iotp", "simulate", "--scenario", str(scenario_file), "--workers",
+               str(self.workers), "--stats-json", str(stats_file), "--quiet"]
+        subprocess.run(cmd, check=True, timeout=self.step_s + 120, capture_output=True)
+        return orjson.loads(stats_file.read_bytes())
+
+    def _ingest_check(self, prefix: str) -> dict:
+        response = self.api.get("/api/pipeline/ingest-check", params={"device_prefix": prefix})
+        response.raise_for_status()
+        return response.json()
+
+    def run_step(self, rate: float, index: int, workdir: Path) -> StepResult:
+        prefix = f"{self.tag}-s{index}-"
+        result = StepResult(offered=rate, step_s=self.step_s)
+        probe = RedisLatencyProbe(self.redis, self.names.channel_readings, prefix)
+        sampler = ProcessSampler(self.pids)
+        before = self.counters.read()
+        started = time.monotonic()
+        stats = self._publish(rate, prefix, workdir)
+        window = time.monotonic() - started
+        after = self.counters.read()
+        result.processes = sampler.sample()
+        result.published = int(stats["published"])
+        result.publish_rate = round(stats["published"] / stats["elapsed"], 1) if stats["elapsed"] else 0.0
+        for stage, counter in STAGES.items():
+            per = self.batch if stage == "mqtt_in" else 1  # a message carries `batch` readings
+            result.stage_rates[stage] = round(per * (after.get(counter, 0) - before.get(counter, 0)) / window, 1)
+        latencies, seen = probe.take()
+        result.stage_rates["redis_visible"] = round(seen / window, 1)
+
+        # drain: wait until every published reading is stored (or the drain time is up)
+        drain_started = time.monotonic()
+        check: dict = {}
+        while time.monotonic() - drain_started < self.drain_s:
+            check = self._ingest_check(prefix)
+            if check.get("readings", 0) >= result.published:
+                result.drained = True
+                break
+            time.sleep(0.5)
+        result.drain_s = round(time.monotonic() - drain_started, 1)
+        more, _ = probe.take()
+        probe.close()
+        result.redis_latency_ms = percentiles(latencies + more)
+        result.stored = int(check.get("readings", 0))
+        result.lost = max(0, result.published - result.stored)
+        result.duplicates = int(check.get("duplicate_rows", 0))
+        result.clickhouse_latency_ms = {k: v for k, v in check.get("latency_ms", {}).items()}
+        kept_up = result.publish_rate >= 0.98 * rate
+        stages_kept_up = all(result.stage_rates.get(s, 0) >= 0.95 * result.publish_rate
+                             for s in ("mqtt_in", "kafka_in", "processed"))
+        if not kept_up:
+            result.notes.append(f"publisher reached {result.publish_rate:.0f}/s of {rate:.0f}/s")
+        if not stages_kept_up:
+            slow = [s for s in ("mqtt_in", "kafka_in", "processed")
+                    if result.stage_rates.get(s, 0) < 0.95 * result.publish_rate]
+            result.notes.append(f"backlog grew at {', '.join(slow)}")
+        if not result.drained:
+            result.notes.append(f"not drained after {self.drain_s:.0f}s")
+        result.sustainable = kept_up and stages_kept_up and result.drained and result.lost == 0
+        return result
+
+    def run(self, rates: list[float], stop_after_failures: int = 2) -> list[StepResult]:
+        results = []
+        failures = 0
+        with tempfile.TemporaryDirectory(prefix="iotp-loadtest-") as tmp:
+            for index, rate in enumerate(rates):
+                self.log(f"step {index + 1}/{len(rates)}: {rate:.0f} readings/s for {self.step_s:.0f}s")
+                result = self.run_step(rate, index, Path(tmp))
+                results.append(result)
+                self.log(f"  published {result.publish_rate:.0f}/s, stored {result.stored}/{result.published}, "
+                         f"sustainable={result.sustainable} {'; '.join(result.notes)}")
+                failures = 0 if result.sustainable else failures + 1
+                if failures >= stop_after_failures:
+                    self.log("  two unsustainable steps in a row: stopping the ramp")
+                    break
+        return results
+
+
+def max_sustainable(results: list[StepResult]) -> float | None:
+    rates = [r.offered for r in results if r.sustainable]
+    return max(rates) if rates else None
+
+
+def to_json(results: list[StepResult], extra: dict) -> bytes:
+    return orjson.dumps({**extra, "steps": [asdict(r) for r in results],
+                         "max_sustainable_rate": max_sustainable(results)}, option=orjson.OPT_INDENT_2)
