@@ -13,13 +13,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from fastapi import Depends, FastAPI
-from fastapi.responses import FileResponse
+from clickhouse_connect.driver.exceptions import ClickHouseError
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from dashboard_api.auth import require_token
 from dashboard_api.hub import Hub
-from dashboard_api.routes import devices, health, ws
+from dashboard_api.live import StatsSampler, run_publisher
+from dashboard_api.routes import alerts, analytics, devices, health, pipeline, ws
 from history.client import get_client
 from history.migrations import migrate
 from history.sink import ClickHouseSink
@@ -28,6 +30,9 @@ from iotp.topics import redis_names
 
 log = logging.getLogger("iotp.api")
 STATIC = Path(__file__).parent / "static"
+DESCRIPTION = """Live dashboard API. Every `/api` endpoint needs the API token (`IOTP_API_TOKEN`, dev default
+`dev-token`) as `Authorization: Bearer <token>` or `X-API-Token: <token>`. The WebSocket `/ws` takes it
+as `?token=`. See docs/dashboard.md for the WebSocket protocol."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,14 +45,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.names = names
         app.state.clickhouse = await asyncio.to_thread(get_client, settings)
         await asyncio.to_thread(migrate, app.state.clickhouse, settings.clickhouse_database)
-        app.state.hub = Hub(app.state.redis, {"readings": names.channel_readings,
-                                              "aggregates": names.channel_aggregates,
-                                              "alerts": names.channel_alerts})
-        tasks = [asyncio.create_task(app.state.hub.run(), name="hub")]
+        app.state.hub = Hub(
+            app.state.redis,
+            {
+                "readings": names.channel_readings,
+                "aggregates": names.channel_aggregates,
+                "alerts": names.channel_alerts,
+            },
+            maxsize=settings.api_ws_queue,
+            coalesce_after=settings.api_ws_coalesce_after,
+        )
+        app.state.sampler = StatsSampler(app.state.redis, names)
+        tasks = [
+            asyncio.create_task(app.state.hub.run(), name="hub"),
+            asyncio.create_task(run_publisher(app), name="publisher"),
+        ]
         stop = asyncio.Event()
         app.state.sink = None
         if settings.api_embedded_sink:
-            app.state.sink = ClickHouseSink(settings, app.state.clickhouse)
+            app.state.sink = ClickHouseSink(settings, app.state.clickhouse, redis=app.state.redis)
             tasks.append(asyncio.create_task(app.state.sink.run(stop), name="sink"))
         try:
             yield
@@ -61,12 +77,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await asyncio.wait_for(task, 15)
             await app.state.redis.aclose()
 
-    app = FastAPI(title="IoT telemetry pipeline", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="IoT telemetry pipeline", version="0.1.0", lifespan=lifespan, description=DESCRIPTION)
     app.state.settings = settings
     app.include_router(health.router)
-    app.include_router(devices.router, dependencies=[Depends(require_token)])
+    for module in (devices, analytics, alerts, pipeline):
+        app.include_router(
+            module.router,
+            dependencies=[Depends(require_token)],
+            responses={401: {"description": "missing or wrong API token"}},
+        )
     app.include_router(ws.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(ClickHouseError)
+    async def clickhouse_failed(request: Request, exc: ClickHouseError) -> JSONResponse:
+        log.warning("ClickHouse query for %s failed: %s", request.url.path, exc)
+        return JSONResponse({"detail": "history store query failed; see the API log"}, status_code=503)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

@@ -21,10 +21,10 @@ def _valid(expected: str, given: str | None) -> bool:
 
 async def require_token(request: Request) -> None:
     if not _valid(request.app.state.settings.api_token, _token_from(request.headers, request.query_params)):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong API token",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing or wrong API token", headers={"WWW-Authenticate": "Bearer"}
+        )
 
 
 def websocket_token_ok(websocket: WebSocket) -> bool:
-    return _valid(websocket.app.state.settings.api_token,
-                  _token_from(websocket.headers, websocket.query_params))
+    return _valid(websocket.app.state.settings.api_token, _token_from(websocket.headers, websocket.query_params))

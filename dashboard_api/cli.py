@@ -20,5 +20,12 @@ def api(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
-                log_level="info", ws="websockets-sansio")
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level="info",
+        ws="websockets-sansio",
+        ws_ping_interval=settings.api_ws_ping_s,
+        ws_ping_timeout=settings.api_ws_ping_s,
+    )

@@ -4,10 +4,19 @@ At least once, end to end: a QoS 1 message is acknowledged to the MQTT broker on
 acknowledged every record that carries its readings (or, for a reject, the dead-letter record). A killed
 gateway therefore never acked what it had not forwarded, and the broker redelivers it.
 
-Threads: paho runs its network loop in its own thread and hands messages to the asyncio loop. A bounded
-semaphore of ``gateway_max_inflight`` slots is taken in the paho thread before a message is handed over
-and given back when it is acked; when it is exhausted the paho thread blocks, stops reading its socket,
-and the MQTT broker holds the backlog (backpressure).
+Threads: paho runs its network loop in its own thread and appends messages to a deque that the asyncio
+loop drains (the loop is woken only when it is idle, not once per message). At most
+``gateway_max_inflight`` messages are taken and not yet acked: when the window is full the paho thread
+waits, stops reading its socket, and the MQTT broker holds the backlog (backpressure).
+
+Reconnects: paho reconnects to MQTT by itself (1..30 s backoff) and, with the persistent session of a
+STABLE client id, the broker redelivers what was not acked; Kafka sends are retried with exponential
+backoff until they succeed (nothing is acked meanwhile, so the window fills and MQTT is paused). A second
+process with the same client id takes the session over: the gateway then exits with an error instead of
+fighting for it.
+
+Counters go to Prometheus (``gateway.metrics``) and, about once a second, to the Redis stats hash
+(``gateway.received``/``forwarded``/``rejected``: MQTT messages / readings / MQTT messages).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
@@ -30,7 +40,7 @@ from iotp.kafka import make_producer
 from iotp.mqtt import connect, make_client
 from iotp.schema import encode_batch
 from iotp.settings import Settings
-from iotp.topics import mqtt_subscription
+from iotp.topics import mqtt_subscription, redis_names
 
 log = logging.getLogger("iotp.gateway")
 
@@ -53,52 +63,99 @@ class DeviceBatch:
     tickets: list[Ticket] = field(default_factory=list)
 
 
+TAKEN_OVER = 142  # MQTT 5 reason code "Session taken over"
+
+
+def default_client_id(index: int = 0) -> str:
+    """Stable per host and instance index, so a restarted gateway resumes its persistent session."""
+    return f"iotp-gateway-{socket.gethostname()}-{index}"
+
+
 class Gateway:
-    def __init__(self, settings: Settings, client_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, client_id: str | None = None, *, stats_interval_s: float = 1.0,
+                 redis_stats: bool = True) -> None:
         self.settings = settings
-        self.client_id = client_id or f"iotp-gateway-{socket.gethostname()}"
+        self.client_id = client_id or default_client_id()
         self.limits = Limits(settings.gateway_max_payload_bytes, int(settings.gateway_max_skew_s * 1000))
-        self.slots = threading.BoundedSemaphore(settings.gateway_max_inflight)
+        self.max_inflight = settings.gateway_max_inflight
         self.pending: dict[str, DeviceBatch] = {}
-        self.inflight = 0
         self.stopping = threading.Event()
+        self.exit_code = 0
         self.sends: set[asyncio.Task] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.queue: asyncio.Queue[mqtt.MQTTMessage] | None = None
+        # paho thread -> asyncio: a deque, a wake-up event used only when the loop is idle
+        self.inbox: deque[mqtt.MQTTMessage] = deque()
+        self._wake: asyncio.Event | None = None
+        self._idle = False
+        # in-flight window: ``_taken`` written only by the paho thread, ``_released`` only by asyncio
+        self._taken = 0
+        self._released = 0
+        self._room = threading.Event()
+        self.counts = {"received": 0, "forwarded": 0, "rejected": 0, "records": 0}
+        self.stats_interval_s = stats_interval_s
+        self.redis_stats = redis_stats
+
+    @property
+    def inflight(self) -> int:
+        return self._taken - self._released
 
     # ------------------------------------------------------------ paho thread
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("MQTT connect failed: %s", reason_code)
+            log.error("MQTT connect refused: %s", reason_code)
             return
         metrics.MQTT_RECONNECTS.inc()
         client.subscribe(mqtt_subscription(self.settings), qos=1)
-        log.info("MQTT connected (session present=%s), subscribed", flags.session_present)
+        log.info("MQTT connected as %s (session present=%s), subscribed", self.client_id, flags.session_present)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.stopping.is_set():
+            return
+        if getattr(reason_code, "value", None) == TAKEN_OVER:
+            log.error("another client connected with MQTT client id %r and took the session over; give each "
+                      "gateway its own --client-id or --index. Exiting.", self.client_id)
+            self.exit_code = 3
+            self.stopping.set()
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(self._wake_up)
+            return
+        log.warning("MQTT disconnected (%s); paho reconnects with backoff", reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        while not self.slots.acquire(timeout=0.5):
+        while self._taken - self._released >= self.max_inflight:
+            self._room.clear()
+            if self._taken - self._released < self.max_inflight:
+                break
+            self._room.wait(0.5)
             if self.stopping.is_set():
                 return  # not acked: the broker redelivers it to the next session
-        assert self.loop is not None and self.queue is not None
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, msg)
+        self._taken += 1
+        self.inbox.append(msg)
+        if self._idle:
+            self._idle = False
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self._wake_up)
+
+    def _wake_up(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     # ------------------------------------------------------------ asyncio side
     def _ack(self, ticket: Ticket) -> None:
         if ticket.msg.qos > 0:
             self.client.ack(ticket.msg.mid, ticket.msg.qos)
-        self.inflight -= 1
-        metrics.INFLIGHT.set(self.inflight)
-        self.slots.release()
+        self._released += 1
+        if not self._room.is_set():
+            self._room.set()
 
     def _handle(self, msg: mqtt.MQTTMessage) -> None:
-        metrics.RECEIVED.inc()
-        self.inflight += 1
-        metrics.INFLIGHT.set(self.inflight)
+        self.counts["received"] += 1
         now_ms = int(time.time() * 1000)
         try:
             readings = validate_payload(msg.payload, now_ms, self.limits, topic_device_id(msg.topic))
         except Rejected as rej:
             metrics.REJECTED.labels(rej.reason.value).inc()
+            self.counts["rejected"] += 1
             self._spawn(self._dead_letter(msg, rej, now_ms))
             return
         ticket = Ticket(msg, len(readings))
@@ -149,6 +206,8 @@ class Gateway:
         await self._send_with_retry(self.settings.topic_readings, value, device_id.encode())
         metrics.RECORDS_SENT.inc()
         metrics.READINGS_FORWARDED.inc(len(batch.readings))
+        self.counts["forwarded"] += len(batch.readings)
+        self.counts["records"] += 1
         for ticket in batch.tickets:
             ticket.outstanding -= 1
             if ticket.outstanding == 0:
@@ -162,52 +221,109 @@ class Gateway:
         self._ack(Ticket(msg, 0))
 
     # ---------------------------------------------------------------- run
-    async def run(self, ready: asyncio.Event | None = None) -> None:
+    async def run(self, ready: asyncio.Event | None = None) -> int:
+        """Run until SIGTERM/SIGINT (or ``stopping``); returns the process exit code."""
         self.loop = asyncio.get_running_loop()
-        self.queue = asyncio.Queue()
+        self._wake = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError, RuntimeError):  # not the main thread (tests)
-                self.loop.add_signal_handler(sig, self.stopping.set)
+                self.loop.add_signal_handler(sig, self._request_stop)
         self.producer = make_producer(self.settings)
         await self._start_producer()
         self.client = make_client(self.settings, self.client_id, clean_start=False, manual_ack=True,
-                                  max_inflight=min(self.settings.gateway_max_inflight, 65535))
+                                  max_inflight=min(self.max_inflight, 65535))
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         await self._connect_mqtt()
         self.client.loop_start()
+        stats_task = asyncio.ensure_future(self._publish_stats()) if self.redis_stats else None
         if ready:
             ready.set()
         linger = max(self.settings.gateway_linger_ms, 1) / 1000
         last_flush = time.monotonic()
         try:
             while not self.stopping.is_set():
-                try:
-                    msg = await asyncio.wait_for(self.queue.get(), timeout=linger)
-                    self._handle(msg)
-                    while not self.queue.empty():
-                        self._handle(self.queue.get_nowait())
-                except TimeoutError:
-                    pass
+                if not self.inbox:
+                    self._idle = True
+                    if not self.inbox:  # re-check: the paho thread may have appended before seeing _idle
+                        wait = max(0.001, linger - (time.monotonic() - last_flush)) if self.pending else 0.25
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                    self._wake.clear()
+                    self._idle = False
+                handled = 0
+                while self.inbox and handled < 2000:
+                    self._handle(self.inbox.popleft())
+                    handled += 1
+                if handled:
+                    metrics.RECEIVED.inc(handled)
+                metrics.INFLIGHT.set(self.inflight)
                 if time.monotonic() - last_flush >= linger:
                     self.flush()
                     last_flush = time.monotonic()
+                if handled:
+                    await asyncio.sleep(0)  # let the Kafka sends and acks run
             await self._drain()
         finally:
             self.client.disconnect()
             self.client.loop_stop()
             await self.producer.stop()
+            if stats_task is not None:
+                stats_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stats_task
+                await self._flush_stats()
+                with contextlib.suppress(Exception):
+                    await self._redis.aclose()
+        return self.exit_code
+
+    def _request_stop(self) -> None:
+        self.stopping.set()
+        self._wake_up()
 
     async def _drain(self) -> None:
         """SIGTERM: stop taking messages, forward and ack what was taken, then leave."""
         log.info("draining: %d in flight", self.inflight)
-        self.client.unsubscribe(mqtt_subscription(self.settings))
-        while not self.queue.empty():
-            self._handle(self.queue.get_nowait())
+        with contextlib.suppress(Exception):
+            self.client.unsubscribe(mqtt_subscription(self.settings))
+        while self.inbox:
+            self._handle(self.inbox.popleft())
+            metrics.RECEIVED.inc()
         self.flush()
         if self.sends:
             await asyncio.wait(list(self.sends), timeout=30)
         log.info("drained")
+
+    # ------------------------------------------------------------ Redis stats
+    async def _publish_stats(self) -> None:
+        import redis.asyncio as aioredis
+
+        self._redis = aioredis.from_url(self.settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self._published = dict.fromkeys(self.counts, 0)
+        while True:
+            await asyncio.sleep(self.stats_interval_s)
+            await self._flush_stats()
+
+    async def _flush_stats(self) -> None:
+        """HINCRBY the deltas since the last flush; on a Redis error they are kept for the next one."""
+        client = getattr(self, "_redis", None)
+        if client is None:
+            return
+        deltas = {k: v - self._published[k] for k, v in self.counts.items() if v != self._published[k]}
+        key = redis_names(self.settings).stats_key
+        try:
+            pipe = client.pipeline(transaction=False)
+            for name, delta in deltas.items():
+                pipe.hincrby(key, f"gateway.{name}", delta)
+            pipe.hset(key, "gateway.updated_ms", int(time.time() * 1000))
+            await pipe.execute()
+        except Exception as exc:  # Redis down must not stop forwarding
+            metrics.REDIS_ERRORS.inc()
+            log.warning("Redis stats update failed (%s); will retry", exc)
+            return
+        for name, delta in deltas.items():
+            self._published[name] += delta
 
     async def _start_producer(self) -> None:
         delay = 0.5

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     stream_windows_s: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [10, 60],
                                                              description="e.g. 10,60 or [10, 60]")
     stream_window_grace_s: float = 5.0
+    stream_take_max: int = Field(500, ge=1, description="Records (device batches) per Faust take() batch")
+    stream_take_within_s: float = Field(0.1, gt=0, description="Max wait to fill a take() batch")
+    stream_tick_s: float = Field(0.5, gt=0, description="Timer: close windows on wall clock, detect silence")
+    stream_stats_interval_s: float = Field(1.0, gt=0, description="How often counters go to Redis")
+    stream_rules_file: Path | None = Field(None, description="Anomaly rules YAML (default: packaged rules)")
+    stream_silence_min_s: float | None = Field(None, gt=0, description="Override the rules file's value")
 
     # --- Dashboard API ---
     api_host: str = "127.0.0.1"
@@ -83,6 +89,13 @@ class Settings(BaseSettings):
     sink_batch_rows: int = Field(20000, ge=1)
     sink_batch_seconds: float = Field(1.0, gt=0)
     sink_group: str = "iotp-clickhouse-sink"
+    sink_dedup_window: int = Field(10000, ge=100, description="Insert blocks remembered for deduplication")
+    # --- History retention (TTL, days); changed values are applied by the migrations at start ---
+    history_ttl_raw_days: int = Field(7, ge=1)
+    history_ttl_1m_days: int = Field(90, ge=1)
+    history_ttl_1h_days: int = Field(730, ge=1)
+    history_ttl_aggregates_days: int = Field(90, ge=1)
+    history_ttl_alerts_days: int = Field(365, ge=1)
 
     @field_validator("stream_windows_s", mode="before")
     @classmethod

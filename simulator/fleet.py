@@ -6,6 +6,7 @@ import random
 import time
 from dataclasses import dataclass
 
+from iotp.devices import DEVICE_TYPES
 from simulator.signals import DeviceSignal, new_signal
 
 DEFAULT_MIX = {"climate": 0.4, "vibration": 0.3, "power": 0.3}
@@ -25,23 +26,29 @@ class Device:
         return self.signal.device_type
 
     def next_reading(self, now_s: float) -> dict:
+        return self.reading_at(int(now_s * 1000))
+
+    def reading_at(self, ts_ms: int) -> dict:
         self.seq += 1
         return {"v": 1, "device_id": self.device_id, "device_type": self.device_type, "seq": self.seq,
-                "ts": int(now_s * 1000), "metrics": self.signal.sample(now_s)}
+                "ts": ts_ms, "metrics": self.signal.sample(ts_ms / 1000)}
 
 
 def build_fleet(count: int, seed: int | None = None, mix: dict[str, float] | None = None,
-                prefix: str = "") -> list[Device]:
+                prefix: str = "", seq0: int | None = None) -> list[Device]:
     """``count`` devices with deterministic ids and signals for a given seed.
 
-    Sequence numbers start at the current epoch millisecond, so a restarted simulator never reuses a
-    reading id of a device (while it publishes at most 1000 readings/s per device).
+    Sequence numbers start after ``seq0``, by default the current epoch millisecond, so a restarted
+    simulator never reuses a reading id of a device (while it publishes at most 1000 readings/s per device).
     """
     rng = random.Random(seed)
     mix = mix or DEFAULT_MIX
-    types = list(mix)
+    types = [t for t in mix if mix[t] > 0]
+    unknown = [t for t in types if t not in DEVICE_TYPES]
+    if unknown:
+        raise ValueError(f"unknown device types {unknown}; known: {', '.join(DEVICE_TYPES)}")
     weights = [mix[t] for t in types]
-    seq0 = int(time.time() * 1000)
+    seq0 = int(time.time() * 1000) if seq0 is None else seq0
     devices = []
     for i in range(count):
         device_type = rng.choices(types, weights)[0]

@@ -1,72 +1,312 @@
-"""Publish fleet readings over MQTT at a target total rate, reporting achieved vs target."""
+"""Publish fleet readings over MQTT at a target rate, in one or several worker processes.
+
+Pacing: the worker walks its devices round robin and publishes message ``k`` at ``start + k * batch /
+rate`` (an absolute schedule, so short stalls are caught up and the long-run rate is exact). A message
+carries ``batch`` readings of one device (a JSON array when ``batch`` > 1) with sensor timestamps one
+device interval apart, as a buffering device would send them. When the machine cannot keep up, the
+schedule runs behind: ``behind_s`` grows, and the live view and the summary show achieved vs target.
+
+Rates are in READINGS per second (messages per second = rate / batch).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import random
+import signal
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import orjson
+import paho.mqtt.client as mqtt
 
 from iotp.mqtt import connect, make_client
 from iotp.settings import Settings
 from iotp.topics import mqtt_topic
-from simulator.fleet import Device
+from simulator.anomalies import AnomalyInjector
+from simulator.fleet import Device, build_fleet
+from simulator.malformed import random_corruption
+from simulator.scenario import Scenario
+from simulator.stream import emit
+
+
+@dataclass
+class PublishOptions:
+    qos: int = 0
+    batch: int = 1
+    malformed_fraction: float = 0.0
+    truth_file: str | None = None
+    client_id: str | None = None
+    persistent: bool = False
+    session_expiry_s: int = 3600
 
 
 @dataclass
 class PublishStats:
-    sent: int = 0
-    errors: int = 0
-    started: float = 0.0
+    target_rate: float = 0.0      # readings/s
+    readings: int = 0             # readings generated (published, suppressed by dropout, or corrupted)
+    published: int = 0            # good readings published
+    messages: int = 0             # MQTT messages published (good and malformed)
+    malformed: int = 0            # malformed messages published
+    suppressed: int = 0           # readings not published because the device was in a dropout
+    errors: int = 0               # publish calls the client refused
+    reconnects: int = 0
+    behind_s: float = 0.0         # how far the schedule is behind the clock
     elapsed: float = 0.0
+    anomalies: int = 0            # anomalies recorded in the ground truth
+    workers: int = 1
+    done: bool = False
+    worker_rates: list[float] = field(default_factory=list)
 
     @property
     def achieved_rate(self) -> float:
-        return self.sent / self.elapsed if self.elapsed > 0 else 0.0
+        return self.readings / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def keeping_up(self) -> bool:
+        return self.target_rate <= 0 or self.achieved_rate >= 0.98 * self.target_rate or self.behind_s < 0.5
+
+    # legacy name
+    @property
+    def sent(self) -> int:
+        return self.messages
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["achieved_rate"] = round(self.achieved_rate, 3)
+        data["keeping_up"] = self.keeping_up
+        return data
+
+    @classmethod
+    def merge(cls, parts: list[PublishStats]) -> PublishStats:
+        total = cls(workers=len(parts))
+        for p in parts:
+            for name in ("target_rate", "readings", "published", "messages", "malformed", "suppressed",
+                         "errors", "reconnects", "anomalies"):
+                setattr(total, name, getattr(total, name) + getattr(p, name))
+            total.behind_s = max(total.behind_s, p.behind_s)
+            total.elapsed = max(total.elapsed, p.elapsed)
+        total.done = all(p.done for p in parts) if parts else False
+        total.worker_rates = [round(p.achieved_rate, 1) for p in parts]
+        return total
+
+
+def _split_count(count: int | None, index: int, workers: int) -> int | None:
+    if count is None:
+        return None
+    return count // workers + (1 if index < count % workers else 0)
 
 
 def run_publisher(settings: Settings, devices: list[Device], rate: float, *, qos: int = 0,
                   duration: float | None = None, count: int | None = None,
-                  on_tick: Callable[[PublishStats], None] | None = None) -> PublishStats:
-    """Round-robin over the fleet, pacing to ``rate`` messages/s, until duration or count is reached."""
-    client = make_client(settings)
-    connect(client, settings)
+                  on_tick: Callable[[PublishStats], None] | None = None,
+                  options: PublishOptions | None = None, injector: AnomalyInjector | None = None,
+                  stop: threading.Event | None = None, seed: int | None = None,
+                  tick_s: float = 1.0) -> PublishStats:
+    """Publish ``devices`` round robin at ``rate`` readings/s until ``duration``/``count``/``stop``."""
+    opts = options or PublishOptions(qos=qos)
+    qos = opts.qos
+    batch = max(1, opts.batch)
+    stop = stop or threading.Event()
+    stats = PublishStats(target_rate=rate)
+    rng = random.Random(f"{seed}:malformed:{devices[0].device_id if devices else ''}")
+
+    client = make_client(settings, opts.client_id, clean_start=not opts.persistent)
+    connected = threading.Event()
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        if not reason_code.is_failure:
+            if connected.is_set():
+                stats.reconnects += 1
+            connected.set()
+
+    client.on_connect = on_connect
+    connect(client, settings, session_expiry_s=opts.session_expiry_s if opts.persistent else 0)
     client.loop_start()
-    stats = PublishStats(started=time.monotonic())
+    if not connected.wait(15):
+        client.loop_stop()
+        raise ConnectionError(f"MQTT broker {settings.mqtt_host}:{settings.mqtt_port} did not accept the "
+                              "connection within 15 s")
+
     topics = {d.device_id: mqtt_topic(settings, d.device_type, d.device_id) for d in devices}
-    interval = 1.0 / rate
-    next_at = stats.started
-    last_tick = stats.started
+    device_interval_ms = 1000.0 * len(devices) / rate
+    msg_interval = batch / rate
+    started = time.monotonic()
+    next_at = started
+    last_tick = started
     i = 0
+    out_packets = getattr(client, "_out_packet", None)  # paho's write queue, to bound memory at max rate
     try:
-        while True:
+        while not stop.is_set():
             now = time.monotonic()
-            stats.elapsed = now - stats.started
-            if (duration is not None and stats.elapsed >= duration) or (count is not None and
-                                                                         stats.sent >= count):
+            if (duration is not None and now - started >= duration) or (count is not None and
+                                                                         stats.readings >= count):
                 break
             if now < next_at:
                 time.sleep(min(next_at - now, 0.05))
                 continue
+            if out_packets is not None and len(out_packets) > 20000:
+                time.sleep(0.001)  # the socket is the bottleneck: do not queue without bound
+                continue
             device = devices[i % len(devices)]
             i += 1
-            payload = orjson.dumps(device.next_reading(time.time()))
-            info = client.publish(topics[device.device_id], payload, qos=qos)
-            if info.rc == 0:
-                stats.sent += 1
-            else:
-                stats.errors += 1
-            next_at += interval
-            if on_tick and now - last_tick >= 1.0:
+            n = batch if count is None else min(batch, count - stats.readings)
+            now_ms = int(time.time() * 1000)
+            readings = []
+            for k in range(n):
+                r = emit(device, int(now_ms - (n - 1 - k) * device_interval_ms), injector)
+                if r is None:
+                    stats.suppressed += 1
+                else:
+                    readings.append(r)
+            stats.readings += n
+            next_at += msg_interval * n / batch
+            if readings:
+                if opts.malformed_fraction and rng.random() < opts.malformed_fraction:
+                    payload = random_corruption(readings[0], rng, settings.gateway_max_payload_bytes)
+                    stats.malformed += 1
+                else:
+                    payload = orjson.dumps(readings[0] if batch == 1 else readings)
+                    stats.published += len(readings)
+                info = client.publish(topics[device.device_id], payload, qos=qos)
+                stats.messages += 1
+                if info.rc != mqtt.MQTT_ERR_SUCCESS and not (qos and info.rc == mqtt.MQTT_ERR_NO_CONN):
+                    stats.errors += 1
+            if now - last_tick >= tick_s:
                 last_tick = now
-                on_tick(stats)
+                stats.elapsed = now - started
+                stats.behind_s = max(0.0, now - next_at)
+                stats.anomalies = len(injector.truth) if injector else 0
+                if on_tick:
+                    on_tick(stats)
     finally:
-        if qos:
-            deadline = time.monotonic() + 10
-            while client._out_messages and time.monotonic() < deadline:  # wait for PUBACKs
-                time.sleep(0.01)
+        end = time.monotonic()
+        deadline = end + 15
+        while time.monotonic() < deadline and (client.want_write() or (qos and client._out_messages)):
+            time.sleep(0.01)  # flush the socket / wait for PUBACKs
         client.disconnect()
         client.loop_stop()
-    stats.elapsed = time.monotonic() - stats.started
+        if injector is not None:
+            injector.close(int(time.time() * 1000))
+    stats.elapsed = max(end - started, 1e-9)
+    stats.behind_s = max(0.0, end - next_at)
+    stats.anomalies = len(injector.truth) if injector else 0
+    stats.done = True
     return stats
+
+
+# ------------------------------------------------------------------ scenario runs (1..N workers)
+def _fleet_for(scenario: Scenario, seq0: int) -> list[Device]:
+    return build_fleet(scenario.fleet.devices, seed=scenario.seed, mix=scenario.fleet.mix,
+                       prefix=scenario.fleet.id_prefix, seq0=seq0)
+
+
+def _run_part(settings: Settings, scenario: Scenario, options: PublishOptions, index: int, workers: int,
+              seq0: int, start_ms: int, stop: threading.Event,
+              on_tick: Callable[[PublishStats], None] | None, tick_s: float) -> PublishStats:
+    fleet = _fleet_for(scenario, seq0)
+    mine = fleet[index::workers]
+    if not mine:
+        return PublishStats(done=True)
+    injector = AnomalyInjector(seed=scenario.seed, rate_per_device_hour=scenario.anomalies.rate_per_device_hour,
+                               kinds=scenario.anomalies.kinds, schedule=scenario.resolved_schedule(fleet),
+                               start_ms=start_ms, truth_file=options.truth_file)
+    opts = PublishOptions(**{**asdict(options)})
+    if opts.client_id and workers > 1:
+        opts.client_id = f"{opts.client_id}-w{index}"
+    rate = scenario.total_rate * len(mine) / len(fleet)
+    return run_publisher(settings, mine, rate, duration=scenario.duration_s,
+                         count=_split_count(scenario.count, index, workers), on_tick=on_tick, options=opts,
+                         injector=injector, stop=stop, seed=scenario.seed, tick_s=tick_s)
+
+
+def _worker_main(settings_json: str, scenario_json: str, options: dict, index: int, workers: int, seq0: int,
+                 start_ms: int, out: mp.Queue) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    settings = Settings.model_validate_json(settings_json)
+    scenario = Scenario.model_validate_json(scenario_json)
+    try:
+        stats = _run_part(settings, scenario, PublishOptions(**options), index, workers, seq0, start_ms, stop,
+                          lambda s: out.put((index, s.to_dict())), tick_s=0.5)
+        out.put((index, stats.to_dict()))
+    except Exception as exc:  # reported to the parent, which fails the run
+        out.put((index, {"error": f"{type(exc).__name__}: {exc}"}))
+
+
+def _stats_from(data: dict) -> PublishStats:
+    return PublishStats(**{k: v for k, v in data.items() if k in PublishStats.__dataclass_fields__})
+
+
+def run_scenario(settings: Settings, scenario: Scenario, options: PublishOptions, workers: int = 1,
+                 on_tick: Callable[[PublishStats], None] | None = None,
+                 stop: threading.Event | None = None) -> PublishStats:
+    """Run the scenario with ``workers`` processes (1 = in this process); aggregated stats."""
+    stop = stop or threading.Event()
+    seq0 = int(time.time() * 1000)
+    start_ms = seq0
+    if options.truth_file:
+        Path(options.truth_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(options.truth_file).write_bytes(b"")
+    if workers <= 1:
+        return _run_part(settings, scenario, options, 0, 1, seq0, start_ms, stop, on_tick, tick_s=1.0)
+
+    ctx = mp.get_context("spawn")
+    out: mp.Queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker_main, name=f"iotp-sim-{i}", daemon=True,
+                         args=(settings.model_dump_json(), scenario.model_dump_json(), asdict(options), i,
+                               workers, seq0, start_ms, out)) for i in range(workers)]
+    for p in procs:
+        p.start()
+    latest: dict[int, PublishStats] = {}
+    errors: list[str] = []
+    stop_sent = False
+    last_tick = time.monotonic()
+    try:
+        while not all(i in latest and latest[i].done for i in range(workers)) and len(errors) < workers:
+            if stop.is_set() and not stop_sent:
+                stop_sent = True
+                for p in procs:
+                    if p.is_alive() and p.pid:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(p.pid, signal.SIGTERM)
+            try:
+                index, data = out.get(timeout=0.5)
+            except queue_mod.Empty:
+                if not any(p.is_alive() for p in procs):
+                    break
+                continue
+            if "error" in data:
+                errors.append(f"worker {index}: {data['error']}")
+                latest[index] = PublishStats(done=True)
+                continue
+            latest[index] = _stats_from(data)
+            if on_tick and time.monotonic() - last_tick >= 1.0:
+                last_tick = time.monotonic()
+                on_tick(PublishStats.merge(list(latest.values())))
+    except KeyboardInterrupt:
+        stop.set()
+        for p in procs:
+            p.join(20)
+        while True:
+            try:
+                index, data = out.get(timeout=0.2)
+            except queue_mod.Empty:
+                break
+            if "error" not in data:
+                latest[index] = _stats_from(data)
+    finally:
+        for p in procs:
+            p.join(20)
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    total = PublishStats.merge([latest[i] for i in sorted(latest)])
+    total.workers = workers
+    return total

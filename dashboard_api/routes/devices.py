@@ -3,58 +3,105 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from dashboard_api.models import DeviceList, DeviceState, HistoryPoint, HistorySeries, parse_device_hash
-from history.queries import device_history
+from dashboard_api import live
+from dashboard_api.models import DeviceList, DeviceState, DeviceStatus, FleetSummary, HistoryPoint, HistorySeries
+from dashboard_api.params import METRIC_PATTERN, TYPE_PATTERN, DeviceIdPath, TimeRange, time_range, to_ms
+from history import queries
 
 router = APIRouter(prefix="/api", tags=["devices"])
-DeviceIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
-                                   description="device id")]
 
 
-@router.get("/devices", response_model=DeviceList)
-async def list_devices(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                       offset: Annotated[int, Query(ge=0)] = 0) -> DeviceList:
-    redis = request.app.state.redis
-    names = request.app.state.names
-    total = await redis.zcard(names.fleet_index)
-    ids = await redis.zrange(names.fleet_index, offset, offset + limit - 1)
-    async with redis.pipeline(transaction=False) as pipe:
-        for device_id in ids:
-            pipe.hgetall(names.device_key(device_id.decode()))
-        hashes = await pipe.execute()
-    return DeviceList(total=total, items=[parse_device_hash(h) for h in hashes if h])
+@router.get("/devices", response_model=DeviceList, summary="Fleet list with filters and pagination")
+async def list_devices(
+    request: Request,
+    device_type: Annotated[str | None, Query(alias="type", pattern=TYPE_PATTERN, description="device type")] = None,
+    status: Annotated[DeviceStatus | None, Query(description="online|offline")] = None,
+    has_alerts: Annotated[
+        bool | None, Query(description="only devices with (true) / without (false) open alerts")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> DeviceList:
+    """Devices sorted by id. ``total`` counts the devices that match the filters."""
+    app = request.app
+    ids = await live.device_ids(app.state.redis, app.state.names)
+    if device_type is None and status is None and has_alerts is None:
+        counts = await live.open_alert_counts(app)
+        items = await live.load_devices(app, ids[offset : offset + limit], counts)
+        return DeviceList(total=len(ids), limit=limit, offset=offset, items=items)
+    counts = await live.open_alert_counts(app)
+    matching = [
+        d
+        for d in await live.load_devices(app, ids, counts)
+        if (device_type is None or d.device_type == device_type)
+        and (status is None or d.status == status)
+        and (has_alerts is None or (d.open_alerts > 0) == has_alerts)
+    ]
+    return DeviceList(total=len(matching), limit=limit, offset=offset, items=matching[offset : offset + limit])
 
 
-@router.get("/devices/{device_id}", response_model=DeviceState)
+@router.get("/fleet/summary", response_model=FleetSummary, summary="Counts by status and type")
+async def get_fleet_summary(request: Request) -> FleetSummary:
+    return await live.fleet_summary(request.app)
+
+
+@router.get(
+    "/devices/{device_id}",
+    response_model=DeviceState,
+    summary="A device's latest state",
+    responses={404: {"description": "unknown device"}},
+)
 async def get_device(request: Request, device_id: DeviceIdPath) -> DeviceState:
-    raw = await request.app.state.redis.hgetall(request.app.state.names.device_key(device_id))
-    if not raw:
+    counts = await live.open_alert_counts(request.app)
+    found = await live.load_devices(request.app, [device_id], counts)
+    if not found:
         raise HTTPException(404, f"device {device_id!r} not found")
-    return parse_device_hash(raw)
+    return found[0]
 
 
-@router.get("/devices/{device_id}/history", response_model=HistorySeries)
+@router.get(
+    "/devices/{device_id}/history",
+    response_model=HistorySeries,
+    summary="A metric's history, downsampled to at most max_points",
+)
 async def get_history(
     request: Request,
     device_id: DeviceIdPath,
-    metric: Annotated[str, Query(pattern=r"^[a-z][a-z0-9_]{0,31}$")],
-    start: Annotated[datetime | None, Query(description="ISO time; default end - 1 h")] = None,
-    end: Annotated[datetime | None, Query(description="ISO time; default now")] = None,
+    metric: Annotated[str, Query(pattern=METRIC_PATTERN, description="metric name, e.g. temperature")],
+    tr: Annotated[TimeRange, Depends(time_range)],
+    resolution: Annotated[
+        Literal["auto", "raw", "1m", "1h"],
+        Query(description="auto picks raw, 1-minute or 1-hour buckets so that at most max_points come back"),
+    ] = "auto",
+    max_points: Annotated[int, Query(ge=10, le=10000)] = 1000,
 ) -> HistorySeries:
-    end = end or datetime.now(UTC)
-    start = start or datetime.fromtimestamp(end.timestamp() - 3600, UTC)
-    if start.tzinfo is None or end.tzinfo is None:
-        raise HTTPException(422, "start and end need a timezone (e.g. 2026-01-01T00:00:00Z)")
-    if start >= end:
-        raise HTTPException(422, "start must be before end")
     settings = request.app.state.settings
-    points = await asyncio.to_thread(device_history, request.app.state.clickhouse,
-                                     settings.clickhouse_database, device_id, metric, start, end)
-    return HistorySeries(device_id=device_id, metric=metric, start=int(start.timestamp() * 1000),
-                         end=int(end.timestamp() * 1000),
-                         points=[HistoryPoint(ts=p["ts"], value=p["value"]) for p in points])
+    client, database = request.app.state.clickhouse, settings.clickhouse_database
+    series = getattr(queries, "device_series", None)
+    if series is not None:
+        result = await asyncio.to_thread(
+            series, client, database, device_id, metric, tr.start, tr.end, max_points=max_points, resolution=resolution
+        )
+        res, points = result["resolution"], result["points"]
+    else:  # history's downsampling not available yet: raw points only
+        if resolution not in ("auto", "raw"):
+            raise HTTPException(501, "downsampled history is not available in this build")
+        points = await asyncio.to_thread(
+            queries.device_history, client, database, device_id, metric, tr.start, tr.end, max_points
+        )
+        res = "raw"
+    return HistorySeries(
+        device_id=device_id,
+        metric=metric,
+        start=tr.start_ms,
+        end=tr.end_ms,
+        resolution=res,
+        points=[
+            HistoryPoint(ts=to_ms(p["ts"]), value=p["value"], min=p.get("min"), max=p.get("max"), count=p.get("count"))
+            for p in points
+        ],
+    )

@@ -30,5 +30,4 @@ async def ready(request: Request) -> JSONResponse:
         checks["clickhouse"] = f"error: {exc}"
     checks["pubsub"] = "ok" if request.app.state.hub.ready.is_set() else "not subscribed"
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
-                        status_code=200 if ok else 503)
+    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)

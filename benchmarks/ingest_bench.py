@@ -1,0 +1,182 @@
+"""Ingestion benchmark: simulator maximum publish rate and gateway throughput with 1, 2 and 4 processes.
+
+Run:  .venv/bin/python benchmarks/ingest_bench.py [--readings 40000] [--quick]
+
+Starts its own Mosquitto / Redis / Kafka-wire broker (``infra.stack.LocalStack``) on free loopback ports
+in a temporary directory, runs every variant in the same run, prints a table and writes
+``benchmarks/results/ingest_bench.json``. Bounded: each variant has a hard timeout.
+
+Method
+- simulator: ``iotp simulate --rate 1e6`` (far above what it can do) for a fixed duration with 1 and 2
+  worker processes, batch 1 and 10, QoS 0 and 1, nothing subscribed; the number is the simulator's own
+  achieved readings/s after the socket was flushed.
+- gateway: N gateway processes on one shared subscription; the simulator (2 workers, QoS 1) publishes a
+  fixed number of readings as fast as it can; the gateways' throughput is taken from the Kafka records:
+  forwarded readings divided by the span of the gateway receive times (``rx``) -- so it measures the
+  gateways, not the publisher, as long as the broker holds a backlog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aiokafka import AIOKafkaConsumer  # noqa: E402
+
+from infra.kafka_admin import create_topics_sync  # noqa: E402
+from infra.ports import free_port  # noqa: E402
+from infra.stack import LocalStack, settings_env  # noqa: E402
+from iotp.settings import Settings  # noqa: E402
+
+console = Console()
+
+
+def isolated(base: Settings) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    s = base.model_copy(update=dict(topic_readings=f"b{tag}.readings", topic_deadletter=f"b{tag}.dlq",
+                                    mqtt_topic_prefix=f"b{tag}/telemetry", mqtt_share_group=f"g{tag}",
+                                    redis_prefix=f"b{tag}"))
+    create_topics_sync(s)
+    return s
+
+
+def iotp(settings: Settings, *args: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "iotp", *args], cwd=ROOT, env=env, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def simulate(settings: Settings, tmp: Path, *args: str, timeout: float = 120) -> dict:
+    out = tmp / f"sim-{uuid.uuid4().hex[:6]}.json"
+    proc = iotp(settings, "simulate", "--quiet", "--stats-json", str(out), *args, log=tmp / "sim.log")
+    proc.wait(timeout)
+    return orjson.loads(out.read_bytes())
+
+
+async def forwarded(settings: Settings, expected: int, timeout: float) -> tuple[int, list[int]]:
+    consumer = AIOKafkaConsumer(settings.topic_readings, bootstrap_servers=settings.kafka_bootstrap,
+                                group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    rx: list[int] = []
+    ids: set[str] = set()
+    deadline = time.monotonic() + timeout
+    idle_since = time.monotonic()
+    try:
+        while time.monotonic() < deadline and len(ids) < expected:
+            batches = await consumer.getmany(timeout_ms=500, max_records=10000)
+            got = False
+            for recs in batches.values():
+                for rec in recs:
+                    for r in orjson.loads(rec.value)["readings"]:
+                        ids.add(r["id"])
+                        rx.append(r["rx"])
+                        got = True
+            if got:
+                idle_since = time.monotonic()
+            elif ids and time.monotonic() - idle_since > 15:
+                break
+    finally:
+        await consumer.stop()
+    return len(ids), rx
+
+
+def bench_gateways(base: Settings, tmp: Path, n: int, readings: int, batch: int) -> dict:
+    s = isolated(base)
+    gws = [iotp(s, "gateway", "--client-id", f"bench-{n}-{i}-{uuid.uuid4().hex[:4]}", "--metrics-port", "0",
+                log=tmp / f"gw{n}-{i}.log") for i in range(n)]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(b"subscribed" in (tmp / f"gw{n}-{i}.log").read_bytes() for i in range(n)):
+            if time.monotonic() > deadline:
+                raise TimeoutError("gateways did not subscribe")
+            time.sleep(0.2)
+        sim = simulate(s, tmp, "--devices", "200", "--rate", "1000000", "--count", str(readings), "--qos", "1",
+                       "--workers", "2", "--batch", str(batch), "--seed", "1")
+        count, rx = asyncio.run(forwarded(s, readings, timeout=180))
+    finally:
+        for p in gws:
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in gws:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+    rx.sort()
+    lo, hi = rx[int(len(rx) * 0.05)], rx[int(len(rx) * 0.95) - 1]
+    window = sum(1 for t in rx if lo <= t <= hi)
+    rate = window / max((hi - lo) / 1000, 1e-3)
+    return {"variant": f"gateway x{n}, batch {batch}", "gateways": n, "batch": batch, "readings_sent": readings,
+            "readings_forwarded": count, "lost": readings - count, "readings_per_s": round(rate),
+            "messages_per_s": round(rate / batch), "publisher_readings_per_s": round(sim["achieved_rate"])}
+
+
+def bench_simulator(base: Settings, tmp: Path, workers: int, batch: int, qos: int, duration: float) -> dict:
+    s = isolated(base)
+    st = simulate(s, tmp, "--devices", "1000", "--rate", "1000000", "--duration", str(duration), "--workers",
+                  str(workers), "--batch", str(batch), "--qos", str(qos), "--seed", "1")
+    return {"variant": f"simulator {workers}w, batch {batch}, QoS {qos}", "workers": workers, "batch": batch,
+            "qos": qos, "readings_per_s": round(st["achieved_rate"]),
+            "messages_per_s": round(st["messages"] / st["elapsed"]), "errors": st["errors"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--readings", type=int, default=40000, help="readings per gateway variant")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per simulator variant")
+    parser.add_argument("--quick", action="store_true", help="fewer variants")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        base = Settings(state_dir=tmp / "state", mqtt_port=free_port(),
+                        redis_url=f"redis://127.0.0.1:{free_port()}/0", kafka_bootstrap=f"127.0.0.1:{free_port()}",
+                        gateway_metrics_port=0)
+        stack = LocalStack(base)
+        stack.up()
+        rows: list[dict] = []
+        try:
+            for workers, batch, qos in [(1, 1, 0), (2, 1, 0), (1, 1, 1), (2, 1, 1), (1, 10, 0), (2, 10, 0)]:
+                if args.quick and (qos or (workers == 2 and batch == 10)):
+                    continue
+                rows.append(bench_simulator(base, tmp, workers, batch, qos, args.duration))
+                console.print(rows[-1])
+            for batch in (1, 10):
+                for n in (1, 2, 4):
+                    if args.quick and batch == 10 and n != 1:
+                        continue
+                    rows.append(bench_gateways(base, tmp, n, args.readings, batch))
+                    console.print(rows[-1])
+        finally:
+            stack.down()
+    table = Table("variant", "readings/s", "messages/s", "notes", title="ingest benchmark (loopback, 2 cores)")
+    for r in rows:
+        if "gateways" in r:
+            note = f"lost {r['lost']} of {r['readings_sent']}; publisher {r['publisher_readings_per_s']:,}/s"
+        else:
+            note = f"errors {r['errors']}"
+        table.add_row(r["variant"], f"{r['readings_per_s']:,}", f"{r['messages_per_s']:,}", note)
+    console.print(table)
+    out = ROOT / "benchmarks" / "results" / "ingest_bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"host_cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                               "results": rows}, indent=2))
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

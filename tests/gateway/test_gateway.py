@@ -1,0 +1,115 @@
+"""The gateway as a real process between Mosquitto and the Kafka-wire broker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+import pytest
+import redis
+
+from infra.ports import free_port
+from iotp.topics import mqtt_topic, redis_names
+from tests.gateway.cases import CASES, good
+from tests.gateway.helpers import PacedPublisher, metric_value, read_until, reading_ids
+from tests.support.mqtt_publish import publish_payloads
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _readings(settings, devices: int, per_device: int, tag: str) -> tuple[list[tuple[str, bytes]], set[str]]:
+    now = int(time.time() * 1000)
+    items, ids = [], set()
+    for seq in range(1, per_device + 1):
+        for d in range(devices):
+            device_id = f"{tag}-{d:03d}"
+            items.append((mqtt_topic(settings, "climate", device_id), orjson.dumps(good(device_id, now, seq=seq))))
+            ids.add(f"{device_id}:{seq}")
+    return items, ids
+
+
+def _start_gateway(processes, name: str, metrics_port: int = 0):
+    """Start a gateway and wait until it subscribed (a shared subscription only receives from then on)."""
+    gw = processes.start("gateway", "--client-id", name, "--metrics-port", str(metrics_port))
+    wait_for(lambda: b"subscribed" in gw.log.read_bytes() or not gw.alive(), 60, message="gateway subscribed")
+    assert gw.alive(), gw.output()
+    return gw
+
+
+async def test_malformed_payloads_dead_lettered_while_good_flow(isolated_settings, processes):
+    settings = isolated_settings
+    port = free_port()
+    _start_gateway(processes, f"gw-{uuid.uuid4().hex[:6]}", port)
+    tag = uuid.uuid4().hex[:6]
+    now = int(time.time() * 1000)
+    bad: dict[str, tuple[bytes, str]] = {}
+    items: list[tuple[str, bytes]] = []
+    good_items, good_ids = _readings(settings, 5, 20, f"ok{tag}")
+    for i, (_name, build, reason) in enumerate(CASES):
+        device_id = f"bad{tag}-{i:02d}"
+        topic = mqtt_topic(settings, "climate", device_id)
+        payload = build(device_id, now)
+        bad[topic] = (payload, reason)
+        items.append((topic, payload))
+        items.extend(good_items[i * 4:(i + 1) * 4])  # good readings interleaved with the bad ones
+    items.extend(good_items[len(CASES) * 4:])
+    publish_payloads(settings, items, qos=1)
+
+    dlq = await read_until(settings, settings.topic_deadletter, lambda recs: len(recs) >= len(CASES), 60)
+    by_topic = {dict(r.headers)["mqtt_topic"].decode(): r for r in dlq}
+    assert set(by_topic) == set(bad), "every bad payload, and nothing else, is dead-lettered"
+    for topic, (payload, reason) in bad.items():
+        rec = by_topic[topic]
+        headers = dict(rec.headers)
+        assert headers["reason"].decode() == reason, (topic, headers)
+        assert rec.value == payload, "the original bytes are kept"
+        assert headers["detail"]
+
+    readings = await read_until(settings, settings.topic_readings,
+                                lambda recs: good_ids <= set(reading_ids(recs)), 60)
+    assert set(reading_ids(readings)) == good_ids
+
+    assert metric_value(port, "iotp_gateway_messages_rejected_total") == len(CASES)
+    assert metric_value(port, "iotp_gateway_readings_forwarded_total") == len(good_ids)
+    r = redis.Redis.from_url(settings.redis_url)
+    key = redis_names(settings).stats_key
+    wait_for(lambda: int(r.hget(key, "gateway.forwarded") or 0) == len(good_ids), 15, message="redis stats")
+    stats = {k.decode(): v.decode() for k, v in r.hgetall(key).items()}
+    assert int(stats["gateway.rejected"]) == len(CASES)
+    assert int(stats["gateway.received"]) == len(CASES) + len(good_ids)
+
+
+async def test_kill_9_mid_stream_loses_nothing(isolated_settings, processes):
+    settings = isolated_settings
+    name = f"gw-{uuid.uuid4().hex[:6]}"
+    gw = _start_gateway(processes, name)
+    items, ids = _readings(settings, 20, 150, f"k{uuid.uuid4().hex[:6]}")  # 3000 readings
+    publisher = PacedPublisher(settings, items, rate=600)
+    publisher.start()
+    wait_for(lambda: publisher.published >= 1000, 30, message="publishing under way")
+    gw.kill9()
+    wait_for(lambda: publisher.published >= 1500, 30, message="publishing while the gateway is dead")
+    gw2 = _start_gateway(processes, name)
+    publisher.join(60)
+    assert publisher.error is None, publisher.error
+    records = await read_until(settings, settings.topic_readings, lambda recs: ids <= set(reading_ids(recs)), 90)
+    got = reading_ids(records)
+    assert ids - set(got) == set(), f"lost {len(ids - set(got))} readings"
+    assert gw2.alive()
+    print(f"{len(got) - len(set(got))} duplicates after kill -9")
+
+
+async def test_two_gateways_share_the_load(isolated_settings, processes):
+    settings = isolated_settings
+    ports = [free_port(), free_port()]
+    gws = [_start_gateway(processes, f"gw-{uuid.uuid4().hex[:6]}-{i}", ports[i]) for i in range(2)]
+    assert all(gw.alive() for gw in gws)
+    items, ids = _readings(settings, 40, 100, f"s{uuid.uuid4().hex[:6]}")  # 4000 readings
+    publish_payloads(settings, items, qos=1)
+    records = await read_until(settings, settings.topic_readings, lambda recs: ids <= set(reading_ids(recs)), 60)
+    assert set(reading_ids(records)) == ids
+    received = [metric_value(p, "iotp_gateway_messages_received_total") for p in ports]
+    assert sum(received) >= len(ids)
+    assert min(received) >= 0.2 * len(ids), f"load not shared: {received}"
