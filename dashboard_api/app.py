@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = aioredis.from_url(settings.redis_url)
         app.state.names = names
         app.state.clickhouse = await asyncio.to_thread(get_client, settings)
-        await asyncio.to_thread(migrate, app.state.clickhouse, settings.clickhouse_database)
+        await asyncio.to_thread(migrate, app.state.clickhouse, settings.clickhouse_database, settings)
         app.state.hub = Hub(
             app.state.redis,
             {

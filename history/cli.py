@@ -23,13 +23,19 @@ def sink() -> None:
                    "runs the sink; running both would fight over the chDB directory.", err=True)
         raise typer.Exit(2)
     client = get_client(settings)
-    migrate(client, settings.clickhouse_database)
+    migrate(client, settings.clickhouse_database, settings)
 
     async def main() -> None:
+        import redis.asyncio as aioredis
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await ClickHouseSink(settings, client).run(stop)
+        redis = aioredis.from_url(settings.redis_url)
+        try:
+            await ClickHouseSink(settings, client, redis=redis).run(stop)
+        finally:
+            await redis.aclose()
 
     asyncio.run(main())
