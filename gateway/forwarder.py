@@ -4,16 +4,17 @@ At least once, end to end: a QoS 1 message is acknowledged to the MQTT broker on
 acknowledged every record that carries its readings (or, for a reject, the dead-letter record). A killed
 gateway therefore never acked what it had not forwarded, and the broker redelivers it.
 
-Threads: paho runs its network loop in its own thread and appends messages to a deque that the asyncio
-loop drains (the loop is woken only when it is idle, not once per message). At most
-``gateway_max_inflight`` messages are taken and not yet acked: when the window is full the paho thread
-waits, stops reading its socket, and the MQTT broker holds the backlog (backpressure).
+One thread: the paho client runs on the asyncio event loop (``iotp.mqtt_asyncio``), so every message is
+handled where it is read, with no hand-off between paho's network thread and the loop (measured: that
+hand-off capped one process at about 3k messages/s, see docs/performance.md). At most
+``gateway_max_inflight`` messages are taken and not yet acked: when the window is full the gateway stops
+reading the MQTT socket, TCP fills, and the broker holds the backlog (backpressure).
 
-Reconnects: paho reconnects to MQTT by itself (1..30 s backoff) and, with the persistent session of a
-STABLE client id, the broker redelivers what was not acked; Kafka sends are retried with exponential
-backoff until they succeed (nothing is acked meanwhile, so the window fills and MQTT is paused). A second
-process with the same client id takes the session over: the gateway then exits with an error instead of
-fighting for it.
+Reconnects: the MQTT connection is re-established with exponential backoff and, with the persistent
+session of a STABLE client id, the broker redelivers what was not acked; Kafka sends are retried with
+exponential backoff until they succeed (nothing is acked meanwhile, so the window fills and MQTT reading
+pauses). A second process with the same client id takes the session over: the gateway then exits with an
+error instead of fighting for it.
 
 Counters go to Prometheus (``gateway.metrics``) and, about once a second, to the Redis stats hash
 (``gateway.received``/``forwarded``/``rejected``: MQTT messages / readings / MQTT messages).
@@ -26,9 +27,7 @@ import contextlib
 import logging
 import signal
 import socket
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
@@ -38,6 +37,7 @@ from gateway import metrics
 from gateway.validation import Limits, Rejected, topic_device_id, validate_payload
 from iotp.kafka import make_producer
 from iotp.mqtt import connect, make_client
+from iotp.mqtt_asyncio import AsyncioMqtt
 from iotp.schema import encode_batch
 from iotp.settings import Settings
 from iotp.topics import mqtt_subscription, redis_names
@@ -78,28 +78,18 @@ class Gateway:
         self.client_id = client_id or default_client_id()
         self.limits = Limits(settings.gateway_max_payload_bytes, int(settings.gateway_max_skew_s * 1000))
         self.max_inflight = settings.gateway_max_inflight
+        self.resume_below = int(self.max_inflight * 0.8)
         self.pending: dict[str, DeviceBatch] = {}
-        self.stopping = threading.Event()
+        self.inflight = 0
         self.exit_code = 0
         self.sends: set[asyncio.Task] = set()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        # paho thread -> asyncio: a deque, a wake-up event used only when the loop is idle
-        self.inbox: deque[mqtt.MQTTMessage] = deque()
-        self._wake: asyncio.Event | None = None
-        self._idle = False
-        # in-flight window: ``_taken`` written only by the paho thread, ``_released`` only by asyncio
-        self._taken = 0
-        self._released = 0
-        self._room = threading.Event()
+        self.stopping: asyncio.Event | None = None
+        self.mqtt: AsyncioMqtt | None = None
         self.counts = {"received": 0, "forwarded": 0, "rejected": 0, "records": 0}
         self.stats_interval_s = stats_interval_s
         self.redis_stats = redis_stats
 
-    @property
-    def inflight(self) -> int:
-        return self._taken - self._released
-
-    # ------------------------------------------------------------ paho thread
+    # ------------------------------------------------------------ MQTT callbacks (event loop)
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.error("MQTT connect refused: %s", reason_code)
@@ -109,47 +99,32 @@ class Gateway:
         log.info("MQTT connected as %s (session present=%s), subscribed", self.client_id, flags.session_present)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self.stopping.is_set():
+        if self.stopping is None or self.stopping.is_set():
             return
         if getattr(reason_code, "value", None) == TAKEN_OVER:
             log.error("another client connected with MQTT client id %r and took the session over; give each "
                       "gateway its own --client-id or --index. Exiting.", self.client_id)
             self.exit_code = 3
             self.stopping.set()
-            if self.loop is not None:
-                self.loop.call_soon_threadsafe(self._wake_up)
             return
-        log.warning("MQTT disconnected (%s); paho reconnects with backoff", reason_code)
+        log.warning("MQTT disconnected (%s); reconnecting with backoff", reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        while self._taken - self._released >= self.max_inflight:
-            self._room.clear()
-            if self._taken - self._released < self.max_inflight:
-                break
-            self._room.wait(0.5)
-            if self.stopping.is_set():
-                return  # not acked: the broker redelivers it to the next session
-        self._taken += 1
-        self.inbox.append(msg)
-        if self._idle:
-            self._idle = False
-            assert self.loop is not None
-            self.loop.call_soon_threadsafe(self._wake_up)
+        self._handle(msg)
+        if self.inflight >= self.max_inflight and self.mqtt is not None:
+            self.mqtt.pause_reading()
 
-    def _wake_up(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-
-    # ------------------------------------------------------------ asyncio side
+    # ------------------------------------------------------------ forwarding
     def _ack(self, ticket: Ticket) -> None:
         if ticket.msg.qos > 0:
             self.client.ack(ticket.msg.mid, ticket.msg.qos)
-        self._released += 1
-        if not self._room.is_set():
-            self._room.set()
+        self.inflight -= 1
+        if self.mqtt is not None and self.mqtt.paused and self.inflight <= self.resume_below:
+            self.mqtt.resume_reading()
 
     def _handle(self, msg: mqtt.MQTTMessage) -> None:
         self.counts["received"] += 1
+        self.inflight += 1
         now_ms = int(time.time() * 1000)
         try:
             readings = validate_payload(msg.payload, now_ms, self.limits, topic_device_id(msg.topic))
@@ -223,11 +198,11 @@ class Gateway:
     # ---------------------------------------------------------------- run
     async def run(self, ready: asyncio.Event | None = None) -> int:
         """Run until SIGTERM/SIGINT (or ``stopping``); returns the process exit code."""
-        self.loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError, RuntimeError):  # not the main thread (tests)
-                self.loop.add_signal_handler(sig, self._request_stop)
+                loop.add_signal_handler(sig, self.stopping.set)
         self.producer = make_producer(self.settings)
         await self._start_producer()
         self.client = make_client(self.settings, self.client_id, clean_start=False, manual_ack=True,
@@ -235,39 +210,19 @@ class Gateway:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
-        await self._connect_mqtt()
-        self.client.loop_start()
+        self.mqtt = AsyncioMqtt(self.client, lambda: connect(self.client, self.settings,
+                                                             session_expiry_s=SESSION_EXPIRY_S))
+        await self.mqtt.connect()
         stats_task = asyncio.ensure_future(self._publish_stats()) if self.redis_stats else None
+        flusher = asyncio.ensure_future(self._flush_loop())
         if ready:
             ready.set()
-        linger = max(self.settings.gateway_linger_ms, 1) / 1000
-        last_flush = time.monotonic()
         try:
-            while not self.stopping.is_set():
-                if not self.inbox:
-                    self._idle = True
-                    if not self.inbox:  # re-check: the paho thread may have appended before seeing _idle
-                        wait = max(0.001, linger - (time.monotonic() - last_flush)) if self.pending else 0.25
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), timeout=wait)
-                    self._wake.clear()
-                    self._idle = False
-                handled = 0
-                while self.inbox and handled < 2000:
-                    self._handle(self.inbox.popleft())
-                    handled += 1
-                if handled:
-                    metrics.RECEIVED.inc(handled)
-                metrics.INFLIGHT.set(self.inflight)
-                if time.monotonic() - last_flush >= linger:
-                    self.flush()
-                    last_flush = time.monotonic()
-                if handled:
-                    await asyncio.sleep(0)  # let the Kafka sends and acks run
+            await self.stopping.wait()
             await self._drain()
         finally:
-            self.client.disconnect()
-            self.client.loop_stop()
+            flusher.cancel()
+            await self.mqtt.close()
             await self.producer.stop()
             if stats_task is not None:
                 stats_task.cancel()
@@ -278,18 +233,26 @@ class Gateway:
                     await self._redis.aclose()
         return self.exit_code
 
+    async def _flush_loop(self) -> None:
+        """Send what each device collected, every linger period."""
+        linger = max(self.settings.gateway_linger_ms, 1) / 1000
+        while True:
+            await asyncio.sleep(linger)
+            metrics.RECEIVED.inc(self.counts["received"] - getattr(self, "_received_seen", 0))
+            self._received_seen = self.counts["received"]
+            metrics.INFLIGHT.set(self.inflight)
+            self.flush()
+
     def _request_stop(self) -> None:
-        self.stopping.set()
-        self._wake_up()
+        if self.stopping is not None:
+            self.stopping.set()
 
     async def _drain(self) -> None:
         """SIGTERM: stop taking messages, forward and ack what was taken, then leave."""
         log.info("draining: %d in flight", self.inflight)
+        self.mqtt.pause_reading()
         with contextlib.suppress(Exception):
             self.client.unsubscribe(mqtt_subscription(self.settings))
-        while self.inbox:
-            self._handle(self.inbox.popleft())
-            metrics.RECEIVED.inc()
         self.flush()
         if self.sends:
             await asyncio.wait(list(self.sends), timeout=30)
@@ -333,16 +296,5 @@ class Gateway:
                 return
             except KafkaError as exc:
                 log.warning("Kafka not reachable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
-    async def _connect_mqtt(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                connect(self.client, self.settings, session_expiry_s=SESSION_EXPIRY_S)
-                return
-            except OSError as exc:
-                log.warning("MQTT not reachable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)

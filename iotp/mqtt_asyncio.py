@@ -1,0 +1,126 @@
+"""Run a paho-mqtt client on the asyncio event loop instead of in paho's own network thread.
+
+paho's documented external-loop integration (``socket()``, ``loop_read``/``loop_write``/``loop_misc``
+driven by ``add_reader``/``add_writer``). One thread does everything, so a high-rate consumer pays no GIL
+hand-off between paho's thread and the event loop for every small ``recv``, and backpressure is simply
+:meth:`pause_reading`: the socket is not read, TCP fills, and the broker holds the backlog.
+
+paho does not reconnect by itself in this mode; :class:`AsyncioMqtt` reconnects with exponential backoff
+when the connection drops (unless it was closed on purpose).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+
+log = logging.getLogger("iotp.mqtt")
+
+
+class AsyncioMqtt:
+    def __init__(self, client: mqtt.Client, connect: Callable[[], None], *, min_backoff: float = 0.5,
+                 max_backoff: float = 30.0) -> None:
+        """``connect`` performs the (blocking, short) ``client.connect(...)`` call with its properties."""
+        self.client = client
+        self._connect = connect
+        self.loop = asyncio.get_running_loop()
+        self.min_backoff, self.max_backoff = min_backoff, max_backoff
+        self._sock: socket.socket | None = None
+        self._paused = False
+        self._closing = False
+        self._misc: asyncio.Task | None = None
+        self._reconnect: asyncio.Task | None = None
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+
+    # ------------------------------------------------------------- socket callbacks
+    def _on_socket_open(self, client, userdata, sock) -> None:
+        self._sock = sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        if not self._paused:
+            self.loop.add_reader(sock, self._readable)
+        if self._misc is None or self._misc.done():
+            self._misc = self.loop.create_task(self._misc_loop())
+
+    def _on_socket_close(self, client, userdata, sock) -> None:
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(sock)
+            self.loop.remove_writer(sock)
+        self._sock = None
+        if not self._closing and (self._reconnect is None or self._reconnect.done()):
+            self._reconnect = self.loop.create_task(self._reconnect_loop())
+
+    def _on_register_write(self, client, userdata, sock) -> None:
+        self.loop.add_writer(sock, client.loop_write)
+
+    def _on_unregister_write(self, client, userdata, sock) -> None:
+        self.loop.remove_writer(sock)
+
+    def _readable(self) -> None:
+        self.client.loop_read()
+
+    async def _misc_loop(self) -> None:
+        while self._sock is not None:
+            self.client.loop_misc()  # keepalive pings, retries
+            await asyncio.sleep(1.0)
+
+    # ------------------------------------------------------------------- control
+    async def connect(self) -> None:
+        """Connect, retrying with backoff until the broker answers."""
+        delay = self.min_backoff
+        while not self._closing:
+            try:
+                self._connect()
+                return
+            except OSError as exc:
+                log.warning("MQTT not reachable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+
+    async def _reconnect_loop(self) -> None:
+        delay = self.min_backoff
+        while not self._closing and self._sock is None:
+            await asyncio.sleep(delay)
+            try:
+                self.client.reconnect()
+                log.info("MQTT reconnected")
+                return
+            except OSError as exc:
+                log.warning("MQTT reconnect failed (%s); retrying in %.1fs", exc, delay)
+                delay = min(delay * 2, self.max_backoff)
+
+    def pause_reading(self) -> None:
+        if not self._paused:
+            self._paused = True
+            if self._sock is not None:
+                self.loop.remove_reader(self._sock)
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self._sock is not None:
+                self.loop.add_reader(self._sock, self._readable)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in (self._reconnect, self._misc):
+            if task is not None:
+                task.cancel()
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+        # let the DISCONNECT packet go out
+        for _ in range(20):
+            if self._sock is None:
+                break
+            await asyncio.sleep(0.01)
