@@ -173,6 +173,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         TTL toDateTime(created) + toIntervalDay(30)
         """,
     ]),
+    (3, "readings.stored_ts: when the row reached ClickHouse (sensor -> stored latency)", [
+        "ALTER TABLE {db}.readings ADD COLUMN IF NOT EXISTS stored_ts DateTime64(3, 'UTC') DEFAULT now64(3) "
+        "CODEC(DoubleDelta, LZ4)",
+    ]),
 ]
 
 

@@ -261,3 +261,28 @@ def count_rows(client: Client, database: str) -> dict[str, int]:
         "SELECT table, sum(rows) FROM system.parts WHERE database = {db:String} AND active GROUP BY table",
         parameters={"db": database}).result_rows)
     return {table: int(rows.get(table, 0)) for table in TABLES}
+
+
+def ingest_check(client: Client, database: str, device_prefix: str) -> dict:
+    """What reached the raw table for devices whose id starts with ``device_prefix`` (the load test tags its
+    fleet this way): distinct readings, duplicate rows, readings missing inside each device's consecutive
+    ``seq`` range, and sensor time -> stored latency (``stored_ts - ts``) percentiles in ms."""
+    row = client.query(
+        f"SELECT uniqExact(device_id, seq), count(), count() - uniqExact(device_id, metric, seq), "
+        "uniqExact(device_id), "
+        "quantilesExact(0.5, 0.95, 0.99)(dateDiff('millisecond', ts, stored_ts)), "
+        "max(dateDiff('millisecond', ts, stored_ts)) "
+        f"FROM {database}.readings WHERE startsWith(device_id, {{prefix:String}})",
+        parameters={"prefix": device_prefix},
+    ).result_rows[0]
+    readings, rows, duplicates, devices, quantiles, worst = row
+    gaps = client.query(
+        "SELECT sum(max_seq - min_seq + 1 - n) FROM (SELECT device_id, min(seq) AS min_seq, max(seq) AS max_seq, "
+        f"uniqExact(seq) AS n FROM {database}.readings WHERE startsWith(device_id, {{prefix:String}}) "
+        "GROUP BY device_id)",
+        parameters={"prefix": device_prefix},
+    ).result_rows[0][0]
+    latency = ({"p50": float(quantiles[0]), "p95": float(quantiles[1]), "p99": float(quantiles[2]),
+                "max": float(worst)} if readings else {})
+    return {"readings": int(readings), "rows": int(rows), "duplicate_rows": int(duplicates),
+            "devices": int(devices), "missing_in_sequence": int(gaps or 0), "latency_ms": latency}

@@ -253,6 +253,8 @@ class ClickHouseSink:
         self._consumer = None
         self._producer = None
         self._published_rows = 0
+        self.readings_written = 0  # readings (not rows) stored in the raw table: the load test's "stored" stage
+        self._published_readings = 0
         self._next_stats = 0.0
 
     # --- ClickHouse calls (sync, run in a thread) ---
@@ -473,6 +475,8 @@ class ClickHouseSink:
                 log.warning("rewind after failed commit deferred to the rebalance (%s)", rewind_error)
             return
         self.rows_written += rows
+        self.readings_written += sum(len({row[5] for row in r.rows}) for b in blocks if b.target.per_partition
+                                     for r in b.records if r.reason is None)
         self.batches_written += 1
         log.debug("committed")
 
@@ -501,12 +505,16 @@ class ClickHouseSink:
                     lag += max(0, high - await self._consumer.position(tp))
             key = RedisNames(self.settings.redis_prefix).stats_key
             delta = self.rows_written - self._published_rows
+            readings = self.readings_written - self._published_readings
             pipe = self.redis.pipeline(transaction=False)
             if delta:
                 pipe.hincrby(key, "sink.rows", delta)
+            if readings:
+                pipe.hincrby(key, "sink.readings", readings)
             pipe.hset(key, mapping={"sink.lag": lag, "sink.updated_ms": int(time.time() * 1000)})
             await pipe.execute()
             self._published_rows += delta
+            self._published_readings += readings
         except Exception as exc:
             log.debug("publishing sink stats failed: %s", exc)
 

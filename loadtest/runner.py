@@ -126,8 +126,11 @@ class LoadTest:
         window = time.monotonic() - started
         after = self.counters.read()
         result.processes = sampler.sample()
-        result.published = int(stats["published"])
-        result.publish_rate = round(stats["published"] / stats["elapsed"], 1) if stats["elapsed"] else 0.0
+        # "sent" = acknowledged by the broker: a reading the publisher gave up on never entered the pipeline
+        result.published = int(stats["confirmed"])
+        result.publish_rate = round(stats["confirmed"] / stats["elapsed"], 1) if stats["elapsed"] else 0.0
+        if stats.get("unconfirmed_messages"):
+            result.notes.append(f"{stats['unconfirmed_messages']} messages never acknowledged by the broker")
         for stage, counter in STAGES.items():
             per = self.batch if stage == "mqtt_in" else 1  # a message carries `batch` readings
             result.stage_rates[stage] = round(per * (after.get(counter, 0) - before.get(counter, 0)) / window, 1)

@@ -52,6 +52,8 @@ class PublishStats:
     target_rate: float = 0.0      # readings/s
     readings: int = 0             # readings generated (published, suppressed by dropout, or corrupted)
     published: int = 0            # good readings published
+    confirmed: int = 0            # good readings whose message the broker acknowledged (QoS 1; = published at QoS 0)
+    unconfirmed_messages: int = 0  # QoS 1 messages still unacknowledged when the publisher gave up waiting
     messages: int = 0             # MQTT messages published (good and malformed)
     malformed: int = 0            # malformed messages published
     suppressed: int = 0           # readings not published because the device was in a dropout
@@ -87,7 +89,8 @@ class PublishStats:
     def merge(cls, parts: list[PublishStats]) -> PublishStats:
         total = cls(workers=len(parts))
         for p in parts:
-            for name in ("target_rate", "readings", "published", "messages", "malformed", "suppressed",
+            for name in ("target_rate", "readings", "published", "confirmed", "unconfirmed_messages", "messages",
+                         "malformed", "suppressed",
                          "errors", "reconnects", "anomalies"):
                 setattr(total, name, getattr(total, name) + getattr(p, name))
             total.behind_s = max(total.behind_s, p.behind_s)
@@ -126,7 +129,23 @@ def run_publisher(settings: Settings, devices: list[Device], rate: float, *, qos
                 stats.reconnects += 1
             connected.set()
 
+    # QoS 1 accounting: message id -> good readings it carries, until its PUBACK. The PUBACK can be handled
+    # (paho's network thread) before publish() returned the id to us, hence ``acked_early`` and the lock.
+    pending: dict[int, int] = {}
+    acked_early: set[int] = set()
+    ack_lock = threading.Lock()
+
+    def on_publish(client, userdata, mid, reason_code, properties):
+        with ack_lock:
+            good = pending.pop(mid, None)
+            if good is None:
+                acked_early.add(mid)
+            else:
+                stats.confirmed += good
+
     client.on_connect = on_connect
+    if qos:
+        client.on_publish = on_publish
     connect(client, settings, session_expiry_s=opts.session_expiry_s if opts.persistent else 0)
     client.loop_start()
     if not connected.wait(15):
@@ -171,10 +190,21 @@ def run_publisher(settings: Settings, devices: list[Device], rate: float, *, qos
                 if opts.malformed_fraction and rng.random() < opts.malformed_fraction:
                     payload = random_corruption(readings[0], rng, settings.gateway_max_payload_bytes)
                     stats.malformed += 1
+                    good = 0
                 else:
                     payload = orjson.dumps(readings[0] if batch == 1 else readings)
                     stats.published += len(readings)
+                    good = len(readings)
                 info = client.publish(topics[device.device_id], payload, qos=qos)
+                if qos:
+                    with ack_lock:
+                        if info.mid in acked_early:
+                            acked_early.discard(info.mid)
+                            stats.confirmed += good
+                        else:
+                            pending[info.mid] = good
+                else:
+                    stats.confirmed += good
                 stats.messages += 1
                 if info.rc != mqtt.MQTT_ERR_SUCCESS and not (qos and info.rc == mqtt.MQTT_ERR_NO_CONN):
                     stats.errors += 1
@@ -187,9 +217,10 @@ def run_publisher(settings: Settings, devices: list[Device], rate: float, *, qos
                     on_tick(stats)
     finally:
         end = time.monotonic()
-        deadline = end + 15
+        deadline = end + 60
         while time.monotonic() < deadline and (client.want_write() or (qos and client._out_messages)):
             time.sleep(0.01)  # flush the socket / wait for PUBACKs
+        stats.unconfirmed_messages = len(client._out_messages) if qos else 0
         client.disconnect()
         client.loop_stop()
         if injector is not None:

@@ -33,6 +33,9 @@ def summary_table(stats: PublishStats) -> Table:
         ("keeping up", "yes" if stats.keeping_up else f"[bold red]no, {stats.behind_s:.1f}s behind[/]"),
         ("readings generated", f"{stats.readings:,}"),
         ("readings published", f"{stats.published:,}"),
+        ("readings acknowledged by the broker", f"{stats.confirmed:,}"
+         + (f"  [bold red]({stats.unconfirmed_messages:,} messages never acknowledged)[/]"
+            if stats.unconfirmed_messages else "")),
         ("messages", f"{stats.messages:,}"),
         ("malformed messages", f"{stats.malformed:,}"),
         ("suppressed (dropout)", f"{stats.suppressed:,}"),

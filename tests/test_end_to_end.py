@@ -77,3 +77,13 @@ async def test_readings_flow_to_clickhouse_redis_and_websocket(isolated_settings
 
             points = await async_wait_for(stored, timeout=60, message=f"history of {device_id}")
             assert sorted(p["value"] for p in points) == [20.0 + s for s in range(1, PER_DEVICE + 1)]
+
+        # The load test's exact accounting: every reading of the tagged fleet stored once, none missing.
+        check = (await http.get("/api/pipeline/ingest-check", params={"device_prefix": f"e2e-{tag}-"})).json()
+        assert (check["readings"], check["devices"], check["missing_in_sequence"]) == (DEVICES * PER_DEVICE,
+                                                                                       DEVICES, 0)
+        assert check["duplicate_rows"] == 0
+        assert 0 <= check["latency_ms"]["p50"] <= check["latency_ms"]["p99"] < 60_000
+
+        bad = await http.get("/api/pipeline/ingest-check", params={"device_prefix": "x;DROP"})
+        assert bad.status_code == 422

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
 
 from dashboard_api.models import PipelineHealth
+from dashboard_api.params import ID_PATTERN
 
 router = APIRouter(prefix="/api", tags=["pipeline"])
 
@@ -17,3 +22,32 @@ router = APIRouter(prefix="/api", tags=["pipeline"])
 async def pipeline_health(request: Request) -> PipelineHealth:
     sampler = request.app.state.sampler
     return sampler.health(request.app.state.hub.stats(), await sampler.read())
+
+
+class IngestCheck(BaseModel):
+    """What the raw history table holds for one device-id prefix (the load test's tagged fleet)."""
+
+    device_prefix: str
+    readings: int
+    rows: int
+    duplicate_rows: int
+    devices: int
+    missing_in_sequence: int
+    latency_ms: dict[str, float]
+
+
+@router.get(
+    "/pipeline/ingest-check",
+    response_model=IngestCheck,
+    summary="Stored readings, duplicates, gaps and sensor -> ClickHouse latency for a device-id prefix",
+)
+async def ingest_check(
+    request: Request,
+    device_prefix: Annotated[str, Query(pattern=ID_PATTERN, min_length=3,
+                                        description="device ids starting with this (at least 3 characters)")],
+) -> IngestCheck:
+    from history.queries import ingest_check as query
+
+    result = await asyncio.to_thread(query, request.app.state.clickhouse,
+                                     request.app.state.settings.clickhouse_database, device_prefix)
+    return IngestCheck(device_prefix=device_prefix, **result)
