@@ -13,9 +13,9 @@ Method
 - gateway: N gateway processes on one shared subscription with persistent sessions subscribe once and are
   killed; the simulator (2 workers, QoS 1, power meters) publishes a backlog that Mosquitto queues for
   them; the gateways restart and drain it. Throughput = readings forwarded between 10 % and 90 % of the
-  backlog (Redis stats) / time, so the publisher does not compete for the two cores. Then the readings
-  topic is read back: lost = readings the broker acknowledged but Kafka does not hold, duplicates = extra
-  copies (at-least-once).
+  backlog / the span of their gateway receive times (``rx``), so the publisher does not compete for the two
+  cores. Then the readings topic is read back: lost = readings the broker acknowledged but Kafka does not
+  hold, duplicates = extra copies (at-least-once).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import uuid
 from pathlib import Path
 
 import orjson
-import redis
 from rich.console import Console
 from rich.table import Table
 
@@ -73,13 +72,15 @@ def simulate(settings: Settings, tmp: Path, *args: str, timeout: float = 120) ->
     return orjson.loads(out.read_bytes())
 
 
-async def forwarded(settings: Settings, expected: int, timeout: float) -> tuple[int, int]:
-    """Distinct and total readings on the readings topic (read back from the start)."""
+async def forwarded(settings: Settings, expected: int, timeout: float) -> tuple[int, int, list[int]]:
+    """Distinct and total readings on the readings topic (read back from the start), and the gateway receive
+    times (``rx``, epoch ms) of the distinct ones."""
     consumer = AIOKafkaConsumer(settings.topic_readings, bootstrap_servers=settings.kafka_bootstrap,
                                 group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     total = 0
     ids: set[str] = set()
+    rx: list[int] = []
     deadline = time.monotonic() + timeout
     idle_since = time.monotonic()
     try:
@@ -89,6 +90,8 @@ async def forwarded(settings: Settings, expected: int, timeout: float) -> tuple[
             for recs in batches.values():
                 for rec in recs:
                     for r in orjson.loads(rec.value)["readings"]:
+                        if r["id"] not in ids:
+                            rx.append(r["rx"])
                         ids.add(r["id"])
                         total += 1
                         got = True
@@ -98,7 +101,7 @@ async def forwarded(settings: Settings, expected: int, timeout: float) -> tuple[
                 break
     finally:
         await consumer.stop()
-    return len(ids), total
+    return len(ids), total, rx
 
 
 def _stop(procs: list[subprocess.Popen], sig: int = signal.SIGTERM) -> None:
@@ -135,25 +138,15 @@ def bench_gateways(base: Settings, tmp: Path, n: int, readings: int, batch: int)
     sim = simulate(s, tmp, "--devices", "200", "--rate", "1000000", "--count", str(readings), "--qos", "1",
                    "--workers", "2", "--batch", str(batch), "--seed", "1", "--mix", "power=1")
     sent = int(sim["confirmed"])
-    r = redis.Redis.from_url(s.redis_url)
-    key = f"{s.redis_prefix}:stats"
-    samples: list[tuple[float, int]] = []
     gws = _start_gateways(s, tmp, ids)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            done = int(r.hget(key, "gateway.forwarded") or 0)
-            samples.append((time.monotonic(), done))
-            if done >= sent:
-                break
-            time.sleep(0.05)
-        count, total = asyncio.run(forwarded(s, sent, timeout=120))
+        count, total, rx = asyncio.run(forwarded(s, sent, timeout=300))
     finally:
         _stop(gws)
-    lo = next(t for t, d in samples if d >= 0.1 * sent)
-    hi_t, hi_d = next(((t, d) for t, d in samples if d >= 0.9 * sent), samples[-1])
-    lo_d = next(d for t, d in samples if t == lo)
-    rate = (hi_d - lo_d) / max(hi_t - lo, 1e-3)
+    # the gateways stamp every reading with its receive time: the 10-90 % span of those is the drain rate
+    rx.sort()
+    lo, hi = rx[int(len(rx) * 0.1)], rx[int(len(rx) * 0.9) - 1]
+    rate = (int(len(rx) * 0.9) - int(len(rx) * 0.1)) / max((hi - lo) / 1000, 1e-3)
     return {"variant": f"gateway x{n}, batch {batch}", "gateways": n, "batch": batch, "readings_sent": sent,
             "readings_forwarded": count, "lost": sent - count, "duplicates": total - count,
             "readings_per_s": round(rate), "messages_per_s": round(rate / batch)}
@@ -173,6 +166,7 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=40000, help="readings per gateway variant")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per simulator variant")
     parser.add_argument("--quick", action="store_true", help="fewer variants")
+    parser.add_argument("--only", choices=["simulator", "gateways"], help="run one group of variants")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -184,11 +178,15 @@ def main() -> None:
         rows: list[dict] = []
         try:
             for workers, batch, qos in [(1, 1, 0), (2, 1, 0), (1, 1, 1), (2, 1, 1), (1, 10, 0), (2, 10, 0)]:
+                if args.only == "gateways":
+                    break
                 if args.quick and (qos or (workers == 2 and batch == 10)):
                     continue
                 rows.append(bench_simulator(base, tmp, workers, batch, qos, args.duration))
                 console.print(rows[-1])
             for batch in (1, 10):
+                if args.only == "simulator":
+                    break
                 for n in (1, 2, 4):
                     if args.quick and batch == 10 and n != 1:
                         continue
@@ -206,6 +204,9 @@ def main() -> None:
     console.print(table)
     out = ROOT / "benchmarks" / "results" / "ingest_bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.only and out.exists():  # keep the other group's rows from the previous run
+        keep = [r for r in json.loads(out.read_text())["results"] if ("gateways" in r) != (args.only == "gateways")]
+        rows = keep + rows
     out.write_text(json.dumps({"host_cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                "results": rows}, indent=2))
     console.print(f"wrote {out}")
