@@ -116,11 +116,20 @@ class Supervisor:
     def stop_group(self, group: str) -> None:
         self._proxy().supervisor.stopProcessGroup(group, True)
 
+    def _qualified(self, name: str) -> str:
+        """supervisord names a process of a group ``group:name``."""
+        if ":" in name:
+            return name
+        for info in self.processes():
+            if info["name"] == name:
+                return f"{info['group']}:{name}"
+        raise KeyError(f"no program {name!r} in {self.conf}")
+
     def start(self, name: str) -> None:
-        self._proxy().supervisor.startProcess(name, True)
+        self._proxy().supervisor.startProcess(self._qualified(name), True)
 
     def stop(self, name: str) -> None:
-        self._proxy().supervisor.stopProcess(name, True)
+        self._proxy().supervisor.stopProcess(self._qualified(name), True)
 
     def processes(self) -> list[dict]:
         if not self.running():

@@ -34,7 +34,7 @@ def loadtest(
     from loadtest.report import plot, print_table, process_table
     from loadtest.runner import LoadTest, max_sustainable, to_json
 
-    console = Console()
+    console = Console(width=max(Console().width, 170))  # the tables are wide; keep them readable in logs
     settings = get_settings()
     stack = LocalStack(settings)
     rows = stack.status()

@@ -13,8 +13,10 @@ measure:
   stored distinct readings per device are compared with what was published;
 - CPU and RSS of every process.
 
-A step is *sustainable* when the publisher kept up (≥ 98 % of offered), every stage kept up with the
-publisher (≥ 95 % during the window — backlog bounded), the backlog drained, and nothing was lost.
+A step is *sustainable* when the publisher kept up (≥ 98 % of offered), the backlog was bounded (every
+published reading was stored within ``max_drain_s`` of the end of publishing), and nothing was lost.
+Stage rates are counter deltas over the publishing window, read ``STATS_LAG_S`` after it ends because
+every stage flushes its counters about once a second.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from iotp.settings import Settings
 from iotp.topics import redis_names
 from loadtest.probes import ProcessSampler, RedisLatencyProbe, StageCounters
 
+STATS_LAG_S = 1.5
 STAGES = {  # stage -> cumulative counter in the Redis stats hash (MQTT messages for mqtt_in, else readings)
     "mqtt_in": "gateway.received",
     "kafka_in": "gateway.forwarded",
@@ -85,6 +88,7 @@ class LoadTest:
     qos: int = 1
     step_s: float = 20.0
     drain_s: float = 30.0
+    max_drain_s: float = 5.0
     mix: dict[str, float] = field(default_factory=lambda: {"power": 1.0})
     pids: dict[str, int] = field(default_factory=dict)
     log = print
@@ -124,6 +128,8 @@ class LoadTest:
         started = time.monotonic()
         stats = self._publish(rate, prefix, workdir)
         window = time.monotonic() - started
+        publish_end = time.monotonic()
+        time.sleep(STATS_LAG_S)
         after = self.counters.read()
         result.processes = sampler.sample()
         # "sent" = acknowledged by the broker: a reading the publisher gave up on never entered the pipeline
@@ -138,7 +144,7 @@ class LoadTest:
         result.stage_rates["redis_visible"] = round(seen / window, 1)
 
         # drain: wait until every published reading is stored (or the drain time is up)
-        drain_started = time.monotonic()
+        drain_started = publish_end
         check: dict = {}
         while time.monotonic() - drain_started < self.drain_s:
             check = self._ingest_check(prefix)
@@ -155,17 +161,16 @@ class LoadTest:
         result.duplicates = int(check.get("duplicate_rows", 0))
         result.clickhouse_latency_ms = {k: v for k, v in check.get("latency_ms", {}).items()}
         kept_up = result.publish_rate >= 0.98 * rate
-        stages_kept_up = all(result.stage_rates.get(s, 0) >= 0.95 * result.publish_rate
-                             for s in ("mqtt_in", "kafka_in", "processed"))
+        bounded = result.drained and result.drain_s <= self.max_drain_s
         if not kept_up:
             result.notes.append(f"publisher reached {result.publish_rate:.0f}/s of {rate:.0f}/s")
-        if not stages_kept_up:
-            slow = [s for s in ("mqtt_in", "kafka_in", "processed")
-                    if result.stage_rates.get(s, 0) < 0.95 * result.publish_rate]
-            result.notes.append(f"backlog grew at {', '.join(slow)}")
+        if result.drained and not bounded:
+            result.notes.append(f"backlog took {result.drain_s:.0f}s to drain")
         if not result.drained:
             result.notes.append(f"not drained after {self.drain_s:.0f}s")
-        result.sustainable = kept_up and stages_kept_up and result.drained and result.lost == 0
+        if result.lost:
+            result.notes.append(f"{result.lost} readings not stored")
+        result.sustainable = kept_up and bounded and result.lost == 0
         return result
 
     def run(self, rates: list[float], stop_after_failures: int = 2) -> list[StepResult]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from infra.kafka_admin import create_topics_sync
 from iotp.settings import Settings
 from tests.support.processes import ProcessGroup
-from tests.support.services import docker_available, make_test_settings, services
+from tests.support.services import docker_available, isolated, make_test_settings, services
 
 
 def pytest_report_header(config) -> str:
@@ -30,22 +28,7 @@ def stack_settings(tmp_path_factory) -> Iterator[Settings]:
 def isolated_settings(stack_settings: Settings, tmp_path) -> Settings:
     """The session's services, with topic names, Redis prefix, MQTT topic prefix, consumer groups and an
     embedded ClickHouse directory of this test's own; topics are created."""
-    tag = uuid.uuid4().hex[:8]
-    settings = stack_settings.model_copy(update=dict(
-        state_dir=tmp_path / "state",
-        topic_readings=f"t{tag}.readings",
-        topic_deadletter=f"t{tag}.readings.dlq",
-        topic_aggregates=f"t{tag}.aggregates",
-        topic_alerts=f"t{tag}.alerts",
-        topic_sink_deadletter=f"t{tag}.sink.dlq",
-        redis_prefix=f"t{tag}",
-        mqtt_topic_prefix=f"t{tag}/telemetry",
-        mqtt_share_group=f"gw{tag}",
-        stream_app_id=f"iotp-stream-{tag}",
-        sink_group=f"sink-{tag}",
-    ))
-    create_topics_sync(settings)
-    return settings
+    return isolated(stack_settings, tmp_path / "state")
 
 
 @pytest.fixture

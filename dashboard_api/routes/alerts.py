@@ -7,15 +7,15 @@ API process and every dashboard sees it.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 
 from dashboard_api import live
+from dashboard_api.history_calls import run_query
 from dashboard_api.models import Ack, AckRequest, AckResult, AlertList, AlertOut
 from dashboard_api.params import ID_PATTERN, AlertIdPath, TimeRange, time_range, to_ms
-from dashboard_api.routes.analytics import NOT_READY, history_query
+from history import queries
 from iotp.schema import Severity
 
 router = APIRouter(prefix="/api/alerts", tags=["alerts"])
@@ -44,7 +44,7 @@ async def list_open_alerts(
 
 
 @router.get(
-    "/history", response_model=AlertList, responses=NOT_READY, summary="Alert events from ClickHouse, with filters"
+    "/history", response_model=AlertList, summary="Alert events from ClickHouse, with filters"
 )
 async def alert_history(
     request: Request,
@@ -56,11 +56,9 @@ async def alert_history(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=100000)] = 0,
 ) -> AlertList:
-    fn = history_query("alert_history")
-    rows = await asyncio.to_thread(
-        fn,
-        request.app.state.clickhouse,
-        request.app.state.settings.clickhouse_database,
+    rows = await run_query(
+        request,
+        queries.alert_history,
         tr.start,
         tr.end,
         device_id=device_id,

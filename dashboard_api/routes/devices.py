@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from dashboard_api import live
+from dashboard_api.history_calls import run_query
 from dashboard_api.models import DeviceList, DeviceState, DeviceStatus, FleetSummary, HistoryPoint, HistorySeries
 from dashboard_api.params import METRIC_PATTERN, TYPE_PATTERN, DeviceIdPath, TimeRange, time_range, to_ms
 from history import queries
@@ -79,21 +79,9 @@ async def get_history(
     ] = "auto",
     max_points: Annotated[int, Query(ge=10, le=10000)] = 1000,
 ) -> HistorySeries:
-    settings = request.app.state.settings
-    client, database = request.app.state.clickhouse, settings.clickhouse_database
-    series = getattr(queries, "device_series", None)
-    if series is not None:
-        result = await asyncio.to_thread(
-            series, client, database, device_id, metric, tr.start, tr.end, max_points=max_points, resolution=resolution
-        )
-        res, points = result["resolution"], result["points"]
-    else:  # history's downsampling not available yet: raw points only
-        if resolution not in ("auto", "raw"):
-            raise HTTPException(501, "downsampled history is not available in this build")
-        points = await asyncio.to_thread(
-            queries.device_history, client, database, device_id, metric, tr.start, tr.end, max_points
-        )
-        res = "raw"
+    result = await run_query(request, queries.device_series, device_id, metric, tr.start, tr.end,
+                             max_points=max_points, resolution=resolution)
+    res, points = result["resolution"], result["points"]
     return HistorySeries(
         device_id=device_id,
         metric=metric,

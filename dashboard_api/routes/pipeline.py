@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
+from dashboard_api.history_calls import run_query
 from dashboard_api.models import PipelineHealth
 from dashboard_api.params import ID_PATTERN
+from history import queries
 
 router = APIRouter(prefix="/api", tags=["pipeline"])
 
@@ -46,8 +47,5 @@ async def ingest_check(
     device_prefix: Annotated[str, Query(pattern=ID_PATTERN, min_length=3,
                                         description="device ids starting with this (at least 3 characters)")],
 ) -> IngestCheck:
-    from history.queries import ingest_check as query
-
-    result = await asyncio.to_thread(query, request.app.state.clickhouse,
-                                     request.app.state.settings.clickhouse_database, device_prefix)
+    result = await run_query(request, queries.ingest_check, device_prefix)
     return IngestCheck(device_prefix=device_prefix, **result)

@@ -5,7 +5,6 @@ quickly, plus a Redis client and helpers to seed what the stream jobs would writ
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -13,11 +12,11 @@ import orjson
 import pytest
 import redis
 
-from infra.kafka_admin import create_topics_sync
 from infra.ports import free_port
 from iotp.settings import Settings
 from iotp.topics import RedisNames, redis_names
 from tests.support.processes import ProcessGroup
+from tests.support.services import isolated
 from tests.support.waiting import wait_for
 
 API_ENV = {"IOTP_API_WS_QUEUE": "200", "IOTP_API_WS_COALESCE_AFTER": "50", "IOTP_API_WS_HEARTBEAT_S": "1"}
@@ -25,27 +24,8 @@ API_ENV = {"IOTP_API_WS_QUEUE": "200", "IOTP_API_WS_COALESCE_AFTER": "50", "IOTP
 
 def module_settings(stack_settings: Settings, tmp_path) -> Settings:
     """Like the ``isolated_settings`` fixture, for a whole module: own names, own API port and state."""
-    tag = uuid.uuid4().hex[:8]
-    settings = stack_settings.model_copy(
-        update=dict(
-            state_dir=tmp_path / "state",
-            topic_readings=f"t{tag}.readings",
-            topic_deadletter=f"t{tag}.readings.dlq",
-            topic_aggregates=f"t{tag}.aggregates",
-            topic_alerts=f"t{tag}.alerts",
-            topic_sink_deadletter=f"t{tag}.sink.dlq",
-            redis_prefix=f"t{tag}",
-            mqtt_topic_prefix=f"t{tag}/telemetry",
-            mqtt_share_group=f"gw{tag}",
-            stream_app_id=f"iotp-stream-{tag}",
-            sink_group=f"sink-{tag}",
-            api_port=free_port(),
-            gateway_metrics_port=free_port(),
-            stream_web_port=free_port(),
-        )
-    )
-    create_topics_sync(settings)
-    return settings
+    return isolated(stack_settings, tmp_path / "state", api_port=free_port(), gateway_metrics_port=free_port(),
+                    stream_web_port=free_port())
 
 
 def wait_api_ready(settings: Settings, proc, timeout: float = 90) -> None:

@@ -302,8 +302,6 @@ async def asyncio_wait(awaitable, timeout):
 
 def test_alert_history(http):
     resp = http.get("/api/alerts/history", params={"range": "24h", "severity": "critical", "limit": 10})
-    if resp.status_code == 501:
-        pytest.skip("history.queries.alert_history not available yet")
     assert resp.status_code == 200, resp.text
     assert isinstance(resp.json()["items"], list)
     assert http.get("/api/alerts/history", params={"state": "closed"}).status_code == 422
@@ -323,8 +321,6 @@ def test_analytics(http):
         ).status_code
         == 422
     )
-    if stats.status_code == 501 or top.status_code == 501:
-        pytest.skip(f"history analytics not available yet: {stats.text} {top.text}")
     assert stats.status_code == 200, stats.text
     assert top.status_code == 200, top.text
     assert top.json()["by"] == "deviation"

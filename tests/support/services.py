@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +42,29 @@ def make_test_settings(state_dir: Path, **overrides) -> Settings:
     )
     values.update(overrides)
     return Settings(**values)
+
+
+def isolated(settings: Settings, state_dir: Path, **overrides) -> Settings:
+    """The same services with names of its own: topics (created here), Redis prefix, MQTT topic prefix and
+    share group, consumer groups, and an embedded ClickHouse directory under ``state_dir``."""
+    tag = uuid.uuid4().hex[:8]
+    values = dict(
+        state_dir=state_dir,
+        topic_readings=f"t{tag}.readings",
+        topic_deadletter=f"t{tag}.readings.dlq",
+        topic_aggregates=f"t{tag}.aggregates",
+        topic_alerts=f"t{tag}.alerts",
+        topic_sink_deadletter=f"t{tag}.sink.dlq",
+        redis_prefix=f"t{tag}",
+        mqtt_topic_prefix=f"t{tag}/telemetry",
+        mqtt_share_group=f"gw{tag}",
+        stream_app_id=f"iotp-stream-{tag}",
+        sink_group=f"sink-{tag}",
+    )
+    values.update(overrides)
+    result = settings.model_copy(update=values)
+    create_topics_sync(result)
+    return result
 
 
 @contextlib.contextmanager
