@@ -33,6 +33,7 @@ def make_consumer(settings: Settings, *topics: str, group_id: str | None, **over
         session_timeout_ms=10000,
         heartbeat_interval_ms=1000,
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
     )
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     kafka_replication: int = Field(1, ge=1)
     kafka_compression: str | None = Field("lz4", description="none|gzip|snappy|lz4|zstd")
     kafka_idempotence: bool = Field(False, description="Enable on real Kafka; the local broker rejects it")
+    kafka_fetch_max_wait_ms: int = Field(
+        100, ge=1, description="How long a consumer fetch may wait for data. The local broker holds every fetch "
+                               "this long (it does not answer at fetch_min_bytes), so it adds to latency")
     topic_readings: str = "iotp.readings"
     topic_deadletter: str = "iotp.readings.dlq"
     topic_aggregates: str = "iotp.aggregates"
@@ -54,7 +57,8 @@ class Settings(BaseSettings):
 
     # --- Gateway ---
     gateway_max_inflight: int = Field(5000, ge=1, description="Readings awaiting a Kafka ack (backpressure)")
-    gateway_linger_ms: int = Field(50, ge=0, description="How long readings of one device are batched")
+    gateway_linger_ms: int = Field(200, ge=0, description="How long readings of one device are batched into one "
+                                   "Kafka record (Faust pays per record: see docs/performance.md)")
     gateway_max_payload_bytes: int = Field(65536, ge=256)
     gateway_max_skew_s: float = Field(300.0, gt=0, description="Max distance of a reading ts from now")
     gateway_metrics_port: int = 9108

@@ -32,6 +32,7 @@ from iotp.settings import Settings, get_settings
 from iotp.topics import redis_names
 from stream_jobs.detectors import load_rules
 from stream_jobs.engine import Effects, Engine
+from stream_jobs.faust_consumer import use_fetch_max_wait
 from stream_jobs.redis_state import RedisWriter
 
 log = logging.getLogger("iotp.stream")
@@ -193,6 +194,7 @@ class StreamJob:
 
 
 def create_app(settings: Settings) -> faust.App:
+    use_fetch_max_wait(settings.kafka_fetch_max_wait_ms)
     datadir = (settings.state_dir / "faust" / settings.stream_app_id).resolve()
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
