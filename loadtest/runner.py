@@ -119,9 +119,22 @@ class LoadTest:
         response.raise_for_status()
         return response.json()
 
+    def wait_idle(self, timeout: float = 120.0) -> bool:
+        """Wait until the stream jobs and the sink report no lag, so a step does not inherit a backlog."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            counters = self.counters.read()
+            if counters.get("stream.lag", 0) == 0 and counters.get("sink.lag", 0) == 0:
+                return True
+            time.sleep(1.0)
+        return False
+
     def run_step(self, rate: float, index: int, workdir: Path) -> StepResult:
         prefix = f"{self.tag}-s{index}-"
+        idle = self.wait_idle()
         result = StepResult(offered=rate, step_s=self.step_s)
+        if not idle:
+            result.notes.append("started with a backlog from the previous step")
         probe = RedisLatencyProbe(self.redis, self.names.channel_readings, prefix)
         sampler = ProcessSampler(self.pids)
         before = self.counters.read()
