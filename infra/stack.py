@@ -7,6 +7,7 @@ clear error rather than a confusing failure later.
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 import time
@@ -76,15 +77,23 @@ class LocalStack:
         bins = ensure_binaries()
         ep = {e.name: e for e in self.endpoints()}
         mosquitto_conf = self.run_dir / "mosquitto.conf"
-        mosquitto_conf.parent.mkdir(parents=True, exist_ok=True)
+        mosquitto_dir = self.run_dir / "mosquitto"
+        mosquitto_dir.mkdir(parents=True, exist_ok=True)
         mosquitto_conf.write_text(
             f"listener {ep['mosquitto'].port} {ep['mosquitto'].host}\n"
             "allow_anonymous true\n"
+            # Run as the invoking user (Debian's mosquitto would drop root to "mosquitto", which cannot
+            # write the persistence files under a private state dir).
+            f"user {getpass.getuser()}\n"
             # The defaults (20 in flight, 1000 queued) throttle a fast QoS 1 consumer badly.
             "max_inflight_messages 1000\n"
             "max_queued_messages 200000\n"
             "max_packet_size 1048576\n"
-            "persistence false\n"
+            # Persistent sessions and their queued QoS 1 messages survive a restart: saved at shutdown and
+            # every 2 s (a kill -9 can lose at most the last 2 s of the broker's queue).
+            "persistence true\n"
+            f"persistence_location {mosquitto_dir}/\n"
+            "autosave_interval 2\n"
             "log_dest stdout\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
         )
@@ -94,7 +103,8 @@ class LocalStack:
             Program("mosquitto", [str(bins["mosquitto"]), "-c", str(mosquitto_conf)], SERVICES_GROUP,
                     priority=10),
             Program("redis", [str(bins["redis-server"]), "--port", str(ep["redis"].port),
-                              "--bind", ep["redis"].host, "--save", "", "--appendonly", "no",
+                              "--bind", ep["redis"].host, "--save", "", "--appendonly", "yes",
+                              "--appendfsync", "everysec",
                               "--dir", str(redis_dir), "--daemonize", "no"], SERVICES_GROUP, priority=10),
             Program("kafka", broker_command(ep["kafka"].host, ep["kafka"].port), SERVICES_GROUP,
                     priority=10),

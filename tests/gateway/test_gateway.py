@@ -9,11 +9,13 @@ import orjson
 import pytest
 import redis
 
-from infra.ports import free_port
+from infra.ports import free_port, port_open, wait_port
+from infra.stack import LocalStack
 from iotp.topics import mqtt_topic, redis_names
 from tests.gateway.cases import CASES, good
 from tests.gateway.helpers import PacedPublisher, metric_value, read_until, reading_ids
 from tests.support.mqtt_publish import publish_payloads
+from tests.support.services import docker_available
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -113,3 +115,26 @@ async def test_two_gateways_share_the_load(isolated_settings, processes):
     received = [metric_value(p, "iotp_gateway_messages_received_total") for p in ports]
     assert sum(received) >= len(ids)
     assert min(received) >= 0.2 * len(ids), f"load not shared: {received}"
+
+
+@pytest.mark.skipif(docker_available(), reason="restarts the native broker of the local stack")
+async def test_broker_restart_keeps_accepted_readings_queued_for_the_gateway(isolated_settings, processes,
+                                                                            stack_settings):
+    """Readings the broker acknowledged while no gateway was connected survive a Mosquitto restart: the
+    persistent session and its queue are saved (persistence on) and delivered when the gateway returns."""
+    settings = isolated_settings
+    name = f"gw-{uuid.uuid4().hex[:6]}"
+    _start_gateway(processes, name).kill9()  # its persistent session keeps the subscription
+    items, ids = _readings(settings, 10, 50, f"r{uuid.uuid4().hex[:6]}")  # 500 readings
+    publish_payloads(settings, items, qos=1)  # every one PUBACKed: accepted, queued for the gateway
+
+    stack = LocalStack(stack_settings)
+    mosquitto = next(e for e in stack.endpoints() if e.name == "mosquitto")
+    stack.supervisor.stop("mosquitto")
+    assert not port_open(mosquitto.host, mosquitto.port)
+    stack.supervisor.start("mosquitto")
+    wait_port(mosquitto.host, mosquitto.port, 30, "mosquitto")
+
+    _start_gateway(processes, name)
+    records = await read_until(settings, settings.topic_readings, lambda recs: ids <= set(reading_ids(recs)), 60)
+    assert ids - set(reading_ids(records)) == set(), "readings accepted before the restart were lost"
