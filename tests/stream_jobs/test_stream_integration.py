@@ -105,12 +105,12 @@ async def test_duplicates_and_out_of_order_leave_redis_correct(stream_settings, 
     base = (now_ms() - 60_000) // 2000 * 2000
     r = redis_client(settings)
     async with Producer(settings) as producer, TopicWatcher(settings) as watch:
-        await producer.send(device, readings([(s, base + s * 100, {"temperature": float(s)})
-                                              for s in range(1, 6)]))
-        await producer.send(device, readings([(3, base + 300, {"temperature": 33.0}),
-                                              (5, base + 500, {"temperature": 55.0})]))  # duplicates
-        await producer.send(device, readings([(10, base + 1000, {"temperature": 10.0})]))
-        await producer.send(device, readings([(8, base + 800, {"temperature": 8.0})]))   # late, older
+        await producer.send_together(device, [
+            readings([(s, base + s * 100, {"temperature": float(s)}) for s in range(1, 6)]),
+            readings([(3, base + 300, {"temperature": 33.0}), (5, base + 500, {"temperature": 55.0})]),  # dups
+            readings([(10, base + 1000, {"temperature": 10.0})]),
+            readings([(8, base + 800, {"temperature": 8.0})]),  # older than seq 10, arrives after it
+        ])
 
         async def final_state():
             h = await device_hash(r, settings, device)
