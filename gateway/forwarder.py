@@ -86,6 +86,7 @@ class Gateway:
         self.stopping: asyncio.Event | None = None
         self.mqtt: AsyncioMqtt | None = None
         self.counts = {"received": 0, "forwarded": 0, "rejected": 0, "records": 0}
+        self._received_seen = 0  # of counts["received"], already added to the Prometheus counter
         self.stats_interval_s = stats_interval_s
         self.redis_stats = redis_stats
 
@@ -238,14 +239,10 @@ class Gateway:
         linger = max(self.settings.gateway_linger_ms, 1) / 1000
         while True:
             await asyncio.sleep(linger)
-            metrics.RECEIVED.inc(self.counts["received"] - getattr(self, "_received_seen", 0))
+            metrics.RECEIVED.inc(self.counts["received"] - self._received_seen)
             self._received_seen = self.counts["received"]
             metrics.INFLIGHT.set(self.inflight)
             self.flush()
-
-    def _request_stop(self) -> None:
-        if self.stopping is not None:
-            self.stopping.set()
 
     async def _drain(self) -> None:
         """SIGTERM: stop taking messages, forward and ack what was taken, then leave."""
