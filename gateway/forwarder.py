@@ -38,7 +38,7 @@ from gateway.validation import Limits, Rejected, topic_device_id, validate_paylo
 from iotp.kafka import make_producer
 from iotp.mqtt import connect, make_client
 from iotp.mqtt_asyncio import AsyncioMqtt
-from iotp.schema import encode_batch
+from iotp.schema import encode_batch, reading_id
 from iotp.settings import Settings
 from iotp.topics import mqtt_subscription, redis_names
 
@@ -139,7 +139,7 @@ class Gateway:
             batch = self.pending.get(r.device_id)
             if batch is None:
                 batch = self.pending[r.device_id] = DeviceBatch(r.device_type)
-            batch.readings.append({"id": f"{r.device_id}:{r.seq}", "seq": r.seq, "ts": r.ts, "rx": now_ms,
+            batch.readings.append({"id": reading_id(r.device_id, r.seq), "seq": r.seq, "ts": r.ts, "rx": now_ms,
                                    "metrics": r.metrics})
             batch.tickets.append(ticket)
             if len(batch.readings) >= MAX_READINGS_PER_RECORD:

@@ -59,29 +59,6 @@ def _range_source(client: Client, database: str, start_ms: int, end_ms: int, all
     return "1h"
 
 
-def device_history(client: Client, database: str, device_id: str, metric: str, start: datetime,
-                   end: datetime, limit: int = 10000) -> list[dict]:
-    """Raw readings of one device x metric, oldest first."""
-    result = client.query(
-        f"SELECT toUnixTimestamp64Milli(ts) AS ts_ms, value, seq FROM {database}.readings "
-        "WHERE device_id = {device_id:String} AND metric = {metric:String} "
-        "AND ts >= fromUnixTimestamp64Milli({start:Int64}, 'UTC') "
-        "AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC') ORDER BY ts LIMIT {limit:UInt32}",
-        parameters={"device_id": device_id, "metric": metric, "start": _ms(start), "end": _ms(end), "limit": limit},
-    )
-    return [{"ts": ts, "value": value, "seq": seq} for ts, value, seq in result.result_rows]
-
-
-def count_readings(client: Client, database: str, reading_ids: list[str]) -> dict[str, int]:
-    """Stored rows per reading id (one row per metric) -- used by tests and the load test."""
-    result = client.query(
-        f"SELECT reading_id, count() FROM {database}.readings "
-        "WHERE reading_id IN {ids:Array(String)} GROUP BY reading_id",
-        parameters={"ids": reading_ids},
-    )
-    return dict(result.result_rows)
-
-
 def device_series(client: Client, database: str, device_id: str, metric: str, start: datetime, end: datetime,
                   max_points: int = 1000, resolution: Literal["auto", "raw", "1m", "1h"] = "auto") -> dict:
     """A chart series of one device x metric over ``[start, end)``.

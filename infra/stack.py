@@ -174,10 +174,6 @@ class LocalStack:
         raise StackError(f"dashboard API not ready within {timeout:.0f}s; see "
                          f"{self.supervisor.log_dir / 'api.log'}")
 
-    def stop_pipeline(self) -> None:
-        if self.supervisor.running():
-            self.supervisor.stop_group(PIPELINE_GROUP)
-
     def down(self) -> None:
         self.supervisor.shutdown()
 

@@ -40,6 +40,3 @@ DEVICE_TYPES: dict[str, dict[str, MetricSpec]] = {
     },
 }
 
-
-def metric_spec(device_type: str, metric: str) -> MetricSpec | None:
-    return DEVICE_TYPES.get(device_type, {}).get(metric)

@@ -78,19 +78,11 @@ class ReadingBatch(BaseModel):
     device_type: str
     readings: list[NormalizedReading]
 
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(self.model_dump())
-
 
 def encode_batch(device_id: str, device_type: str, readings: list[dict]) -> bytes:
     """Fast path used by the gateway: readings are dicts already shaped like NormalizedReading."""
     return orjson.dumps({"v": SCHEMA_VERSION, "device_id": device_id, "device_type": device_type,
                          "readings": readings})
-
-
-def decode_batch(raw: bytes) -> dict:
-    """Fast path used by consumers: the gateway already validated the content, so skip pydantic."""
-    return orjson.loads(raw)
 
 
 class WindowAggregate(BaseModel):
