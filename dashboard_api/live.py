@@ -28,16 +28,13 @@ from dashboard_api.models import (
     WebSocketHealth,
     parse_device_hash,
 )
+from iotp.schema import now_ms
 from iotp.topics import RedisNames
 
 log = logging.getLogger("iotp.api.live")
 STAGE_ORDER = ("gateway", "stream", "sink")
 LATEST_VALUE_FIELDS = ("lag", "updated_ms")
 CHUNK = 500
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 async def device_ids(redis: aioredis.Redis, names: RedisNames) -> list[str]:

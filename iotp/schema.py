@@ -17,6 +17,7 @@ cost of the stream jobs affordable (see docs/architecture.md).
 from __future__ import annotations
 
 import math
+import time
 from typing import Annotated, Literal
 
 import orjson
@@ -52,6 +53,11 @@ class Reading(BaseModel):
     @property
     def reading_id(self) -> str:
         return reading_id(self.device_id, self.seq)
+
+
+def now_ms() -> int:
+    """Wall clock in epoch milliseconds, the unit of every timestamp in the schema."""
+    return int(time.time() * 1000)
 
 
 def reading_id(device_id: str, seq: int) -> str:

@@ -28,6 +28,7 @@ import orjson
 import redis.asyncio as aioredis
 from faust.types import TP
 
+from iotp.schema import now_ms
 from iotp.settings import Settings, get_settings
 from iotp.topics import redis_names
 from stream_jobs.detectors import load_rules
@@ -40,10 +41,6 @@ log = logging.getLogger("iotp.stream")
 STAT_FIELDS = ("stream.records", "stream.readings", "stream.aggregates", "stream.alerts", "stream.late",
                "stream.dropped_late", "stream.duplicates", "stream.out_of_order", "stream.replay_skipped",
                "stream.invalid")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class StreamJob:

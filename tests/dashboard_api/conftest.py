@@ -4,7 +4,6 @@ quickly, plus a Redis client and helpers to seed what the stream jobs would writ
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -13,6 +12,7 @@ import pytest
 import redis
 
 from infra.ports import free_port
+from iotp.schema import now_ms
 from iotp.settings import Settings
 from iotp.topics import RedisNames, redis_names
 from tests.support.processes import ProcessGroup
@@ -72,10 +72,6 @@ def names(api_settings) -> RedisNames:
 def http(api) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=api.api_url, headers={"Authorization": f"Bearer {api.api_token}"}, timeout=20) as client:
         yield client
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def seed_device(

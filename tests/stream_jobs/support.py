@@ -5,21 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 
 import orjson
 import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 
 from iotp.kafka import make_consumer, make_producer
-from iotp.schema import encode_batch
+from iotp.schema import encode_batch, now_ms
 from iotp.settings import Settings
 from iotp.topics import redis_names
 from tests.support.waiting import async_wait_for
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def readings(seqs_ts_values: list[tuple[int, int, dict]], rx: int | None = None) -> list[dict]:
