@@ -1,11 +1,12 @@
 # The two fresh-machine commands are `make run` and `make test` (see README.md).
-.PHONY: run test stop status bootstrap bootstrap-dev lint bench
+.PHONY: run test stop status bootstrap bootstrap-dev lint
 
 run: bootstrap            ## stack + pipeline + simulator + dashboard, in the background
 	.venv/bin/iotp up
 
 test: bootstrap-dev       ## lint + the whole test suite against real local services
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/python -m pytest
 
 stop:                     ## stop the pipeline and the stack

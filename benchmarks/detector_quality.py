@@ -44,8 +44,14 @@ from stream_jobs.engine import Effects, Engine
 RESULTS = Path(__file__).resolve().parent / "results" / "detector_quality.json"
 START_MS = 1_763_800_000_000
 TICK_MS = 500
-RULE_KIND = {"threshold": "spike", "zscore": "spike", "rate_of_change": "spike", "drift": "drift",
-             "flatline": "flatline", "silence": "dropout"}
+RULE_KIND = {
+    "threshold": "spike",
+    "zscore": "spike",
+    "rate_of_change": "spike",
+    "drift": "drift",
+    "flatline": "flatline",
+    "silence": "dropout",
+}
 TARGET_KINDS = ("spike", "drift", "flatline", "dropout")
 
 
@@ -61,7 +67,7 @@ def valid(reading: dict) -> bool:
 def run(scenario: str, hours: float, seed: int | None, windows_s: list[int], grace_s: float) -> tuple:
     stream = generate_readings(scenario, start_ms=START_MS, duration_s=hours * 3600, seed=seed)
     engine = Engine(windows_s, grace_s, load_rules())
-    opened: list[dict] = []   # open events with the simulated time they were emitted at
+    opened: list[dict] = []  # open events with the simulated time they were emitted at
     clock = START_MS
     readings = rejected = 0
 
@@ -81,9 +87,14 @@ def run(scenario: str, hours: float, seed: int | None, windows_s: list[int], gra
             rejected += 1
             continue
         readings += 1
-        raw = orjson.dumps({"v": 1, "device_id": reading["device_id"], "device_type": reading["device_type"],
-                            "readings": [{"id": "", "seq": reading["seq"], "ts": ts, "rx": ts,
-                                          "metrics": reading["metrics"]}]})
+        raw = orjson.dumps(
+            {
+                "v": 1,
+                "device_id": reading["device_id"],
+                "device_type": reading["device_type"],
+                "readings": [{"id": "", "seq": reading["seq"], "ts": ts, "rx": ts, "metrics": reading["metrics"]}],
+            }
+        )
         fx = Effects()
         engine.apply(0, readings, raw, ts, fx, ts)
         collect(fx, ts)
@@ -105,7 +116,7 @@ def score(truth: list[dict], alerts: list[dict], slack_ms: int, window_ms: int) 
         starts = [a["start_ms"] for a in items]
         t = alert["opened_at"]
         match = None
-        for a in reversed(items[:bisect.bisect_right(starts, t)]):
+        for a in reversed(items[: bisect.bisect_right(starts, t)]):
             device_level = a["metric"] is None
             if device_level != (alert["rule"] == "silence"):
                 continue
@@ -128,9 +139,11 @@ def score(truth: list[dict], alerts: list[dict], slack_ms: int, window_ms: int) 
         delays = [(detected[id(a)] - a["start_ms"]) / 1000 for a in anomalies if id(a) in detected]
         n_alerts = tp[kind] + fp[kind]
         table[kind] = {
-            "anomalies": len(anomalies), "detected": len(delays),
+            "anomalies": len(anomalies),
+            "detected": len(delays),
             "recall": round(len(delays) / len(anomalies), 3) if anomalies else None,
-            "alerts_matched": tp[kind], "alerts_unmatched": fp[kind],
+            "alerts_matched": tp[kind],
+            "alerts_unmatched": fp[kind],
             "precision": round(tp[kind] / n_alerts, 3) if n_alerts else None,
             "median_delay_s": round(statistics.median(delays), 2) if delays else None,
             "median_delay_windows": round(statistics.median(delays) / (window_ms / 1000), 2) if delays else None,
@@ -153,27 +166,49 @@ def main() -> int:
     truth, alerts, readings, rejected = run(args.scenario, args.hours, args.seed, windows_s, args.grace)
     elapsed = time.perf_counter() - started
     result = score(truth, alerts, int(args.slack * 1000), min(windows_s) * 1000)
-    result.update(scenario=args.scenario, hours=args.hours, seed=args.seed, readings=readings,
-                  rejected_out_of_range=rejected, alerts=len(alerts), slack_s=args.slack,
-                  window_s=min(windows_s), runtime_s=round(elapsed, 1),
-                  readings_per_s_in_process=round(readings / elapsed))
-    print(f"{args.scenario}: {args.hours} h simulated, {readings} readings ({rejected} rejected as out of range), "
-          f"{len(alerts)} alerts, {elapsed:.1f}s ({readings / elapsed:,.0f} readings/s in process)")
-    print(f"{'kind':<14}{'anomalies':>10}{'recall':>8}{'precision':>10}{'alerts ok/bad':>15}"
-          f"{'median delay':>14}{'(windows)':>10}")
+    result.update(
+        scenario=args.scenario,
+        hours=args.hours,
+        seed=args.seed,
+        readings=readings,
+        rejected_out_of_range=rejected,
+        alerts=len(alerts),
+        slack_s=args.slack,
+        window_s=min(windows_s),
+        runtime_s=round(elapsed, 1),
+        readings_per_s_in_process=round(readings / elapsed),
+    )
+    print(
+        f"{args.scenario}: {args.hours} h simulated, {readings} readings ({rejected} rejected as out of range), "
+        f"{len(alerts)} alerts, {elapsed:.1f}s ({readings / elapsed:,.0f} readings/s in process)"
+    )
+    print(
+        f"{'kind':<14}{'anomalies':>10}{'recall':>8}{'precision':>10}{'alerts ok/bad':>15}"
+        f"{'median delay':>14}{'(windows)':>10}"
+    )
     ok = True
     for kind, row in result["kinds"].items():
+
         def fmt(v, spec=".3f"):
             return "-" if v is None else format(v, spec)
-        print(f"{kind:<14}{row['anomalies']:>10}{fmt(row['recall']):>8}{fmt(row['precision']):>10}"
-              f"{row['alerts_matched']:>8}/{row['alerts_unmatched']:<6}{fmt(row['median_delay_s'], '.1f'):>13}s"
-              f"{fmt(row['median_delay_windows'], '.2f'):>10}")
+
+        print(
+            f"{kind:<14}{row['anomalies']:>10}{fmt(row['recall']):>8}{fmt(row['precision']):>10}"
+            f"{row['alerts_matched']:>8}/{row['alerts_unmatched']:<6}{fmt(row['median_delay_s'], '.1f'):>13}s"
+            f"{fmt(row['median_delay_windows'], '.2f'):>10}"
+        )
         if kind in TARGET_KINDS:
-            ok &= (row["recall"] or 0) >= 0.9 and (row["precision"] or 0) >= 0.9 and \
-                (row["median_delay_windows"] if row["median_delay_windows"] is not None else 99) <= 2
+            ok &= (
+                (row["recall"] or 0) >= 0.9
+                and (row["precision"] or 0) >= 0.9
+                and (row["median_delay_windows"] if row["median_delay_windows"] is not None else 99) <= 2
+            )
     print("unmatched alerts by rule:", result["false_alerts_by_rule"])
-    print("targets (precision, recall >= 0.9, median delay <= 2 windows of "
-          f"{min(windows_s)} s for {', '.join(TARGET_KINDS)}):", "MET" if ok else "NOT MET")
+    print(
+        "targets (precision, recall >= 0.9, median delay <= 2 windows of "
+        f"{min(windows_s)} s for {', '.join(TARGET_KINDS)}):",
+        "MET" if ok else "NOT MET",
+    )
     result["targets_met"] = ok
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

@@ -78,15 +78,17 @@ def bench_dedup(client, batch_sizes: list[int], total: int) -> list[dict]:
                     "device_type LowCardinality(String), metric LowCardinality(String), ts DateTime64(3, 'UTC'), "
                     "value Float64, seq UInt64, "
                     "ingest_ts DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree PARTITION BY toDate(ts) "
-                    "ORDER BY (device_id, metric, ts, seq)")
+                    "ORDER BY (device_id, metric, ts, seq)"
+                )
                 for name, interval in (("rollup_1m", "1 MINUTE"), ("rollup_1h", "1 HOUR")):
                     client.command(
                         f"CREATE MATERIALIZED VIEW {db}.{name}_mv TO {db}.{name} AS SELECT device_id, device_type, "
                         f"metric, toStartOfInterval(toDateTime(ts, 'UTC'), INTERVAL {interval}) AS bucket, "
                         "countState() AS n, minState(value) AS vmin, maxState(value) AS vmax, avgState(value) AS vavg, "
                         "varPopState(value) AS vvar, quantilesTDigestState(0.5, 0.95, 0.99)(value) AS q "
-                        f"FROM {db}.readings GROUP BY device_id, metric, bucket, device_type")
-            tables = [readings_arrow(rows[i:i + size]) for i in range(0, total, size)]
+                        f"FROM {db}.readings GROUP BY device_id, metric, bucket, device_type"
+                    )
+            tables = [readings_arrow(rows[i : i + size]) for i in range(0, total, size)]
             t0 = time.perf_counter()
             for k, table in enumerate(tables):
                 settings = {"insert_deduplication_token": f"bench:{k}"} if variant == "mergetree_tokens" else None
@@ -105,26 +107,34 @@ def bench_dedup(client, batch_sizes: list[int], total: int) -> list[dict]:
             final = "FINAL" if variant == "replacing_no_tokens" else ""
             raw_final = client.query(f"SELECT count() FROM {db}.readings {final}").result_rows[0][0]
             rollup = client.query(f"SELECT countMerge(n) FROM {db}.rollup_1m").result_rows[0][0]
-            entry = {"variant": variant, "batch_rows": size, "rows": total, "rows_per_s": round(total / elapsed),
-                     "after_redelivery_raw": raw, "after_redelivery_raw_exact_read": raw_final,
-                     "after_redelivery_rollup_1m": rollup}
+            entry = {
+                "variant": variant,
+                "batch_rows": size,
+                "rows": total,
+                "rows_per_s": round(total / elapsed),
+                "after_redelivery_raw": raw,
+                "after_redelivery_raw_exact_read": raw_final,
+                "after_redelivery_rollup_1m": rollup,
+            }
             if size == batch_sizes[-1]:
-                entry["device_read"] = bench_final_read(client, db, 10, "dev-3", start - HOUR, start + 13 * HOUR,
-                                                        with_final=bool(final))
+                entry["device_read"] = bench_final_read(
+                    client, db, 10, "dev-3", start - HOUR, start + 13 * HOUR, with_final=bool(final)
+                )
             out.append(entry)
             client.command(f"DROP DATABASE {db} SYNC")
     return out
 
 
-def bench_final_read(client, db: str, repeat: int, device: str, start_ms: int, end_ms: int,
-                     with_final: bool) -> dict:
+def bench_final_read(client, db: str, repeat: int, device: str, start_ms: int, end_ms: int, with_final: bool) -> dict:
     """Raw read of one device: plain, and with FINAL (what a ReplacingMergeTree needs for exact reads)."""
     params = {"d": device, "s": start_ms, "e": end_ms}
     out = {}
     for label, final in (("plain", ""), ("final", "FINAL")) if with_final else (("plain", ""),):
-        sql = (f"SELECT toUnixTimestamp64Milli(ts), value FROM {db}.readings {final} WHERE device_id = {{d:String}} "
-               "AND metric = 'temperature' AND ts >= fromUnixTimestamp64Milli({s:Int64}, 'UTC') "
-               "AND ts < fromUnixTimestamp64Milli({e:Int64}, 'UTC') ORDER BY ts")
+        sql = (
+            f"SELECT toUnixTimestamp64Milli(ts), value FROM {db}.readings {final} WHERE device_id = {{d:String}} "
+            "AND metric = 'temperature' AND ts >= fromUnixTimestamp64Milli({s:Int64}, 'UTC') "
+            "AND ts < fromUnixTimestamp64Milli({e:Int64}, 'UTC') ORDER BY ts"
+        )
         times = [timed(lambda sql=sql: client.query(sql, parameters=params)) for _ in range(repeat)]
         out[label] = {"p50_ms": round(pct(times, 0.5) * 1000, 2), "p95_ms": round(pct(times, 0.95) * 1000, 2)}
     return out
@@ -139,8 +149,16 @@ def bench_sink_path(client, batch_sizes: list[int], total: int) -> list[dict]:
     seq = 0
     while len(records) * per_record * 3 < total:
         for d in range(100):
-            batch = [{"id": f"s-{d}:{seq + j}", "seq": seq + j, "ts": now + (seq + j) * 100, "rx": now,
-                      "metrics": {"temperature": 21.5, "humidity": 40.1, "co2": 612.0}} for j in range(per_record)]
+            batch = [
+                {
+                    "id": f"s-{d}:{seq + j}",
+                    "seq": seq + j,
+                    "ts": now + (seq + j) * 100,
+                    "rx": now,
+                    "metrics": {"temperature": 21.5, "humidity": 40.1, "co2": 612.0},
+                }
+                for j in range(per_record)
+            ]
             records.append(encode_batch(f"s-{d}", "climate", batch))
         seq += per_record
     for size in batch_sizes:
@@ -152,14 +170,20 @@ def bench_sink_path(client, batch_sizes: list[int], total: int) -> list[dict]:
         decode_s = 0.0
         for k in range(0, len(records), per_batch):
             d0 = time.perf_counter()
-            rows = [row for raw in records[k:k + per_batch] for row in decode_readings(raw)]
+            rows = [row for raw in records[k : k + per_batch] for row in decode_readings(raw)]
             table = readings_arrow(rows)
             decode_s += time.perf_counter() - d0
             client.insert_arrow(f"{db}.readings", table, settings={"insert_deduplication_token": f"sink:{k}"})
             written += len(rows)
         elapsed = time.perf_counter() - t0
-        out.append({"batch_rows": per_batch * per_record * 3, "rows": written, "rows_per_s": round(written / elapsed),
-                    "decode_share": round(decode_s / elapsed, 2)})
+        out.append(
+            {
+                "batch_rows": per_batch * per_record * 3,
+                "rows": written,
+                "rows_per_s": round(written / elapsed),
+                "decode_share": round(decode_s / elapsed, 2),
+            }
+        )
         client.command(f"DROP DATABASE {db} SYNC")
     return out
 
@@ -178,16 +202,21 @@ def generate(client, db: str, rows: int, devices: int, start_ms: int) -> float:
             "'UTC') AS t, 20 + d % 7 + 5 * sin(i / 500) + randNormal(0, 1), i, t "
             "FROM (SELECT number % {devices:UInt32} AS d, intDiv(number, {devices:UInt32}) % 2 AS m, "
             "intDiv(number, 2 * {devices:UInt32}) AS i FROM numbers({offset:UInt64}, {n:UInt64}))",
-            parameters={"start": start_ms, "step": step_ms, "devices": devices, "offset": offset,
-                        "n": min(chunk, rows - offset)})
+            parameters={
+                "start": start_ms,
+                "step": step_ms,
+                "devices": devices,
+                "offset": offset,
+                "n": min(chunk, rows - offset),
+            },
+        )
     return time.perf_counter() - t0
 
 
 def latency(fn, repeat: int) -> dict:
     fn()  # warm-up
     times = [timed(fn) for _ in range(repeat)]
-    return {"p50_ms": round(pct(times, 0.5) * 1000, 1), "p95_ms": round(pct(times, 0.95) * 1000, 1),
-            "repeat": repeat}
+    return {"p50_ms": round(pct(times, 0.5) * 1000, 1), "p95_ms": round(pct(times, 0.95) * 1000, 1), "repeat": repeat}
 
 
 def main() -> None:
@@ -202,18 +231,26 @@ def main() -> None:
     client = clickhouse_connect.get_client(dsn=f"chdb://{tmp}")
     version = client.query("SELECT version()").result_rows[0][0]
     sizes = [1_000, 10_000, 100_000]
-    result: dict = {"engine": f"chDB (ClickHouse {version})", "host": platform.node(),
-                    "python": platform.python_version(), "started": datetime.now(UTC).isoformat(timespec="seconds")}
+    result: dict = {
+        "engine": f"chDB (ClickHouse {version})",
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
     print(f"== dedup strategy: {args.insert_rows} rows into raw + 2 rollup views ==")
     result["dedup"] = bench_dedup(client, sizes, args.insert_rows)
-    print(f"{'variant':<22}{'batch':>8}{'rows/s':>12}{'raw stored':>12}{'raw exact read':>16}{'rollup 1m':>11}"
-          "  device read ms p50 (plain / FINAL)")
+    print(
+        f"{'variant':<22}{'batch':>8}{'rows/s':>12}{'raw stored':>12}{'raw exact read':>16}{'rollup 1m':>11}"
+        "  device read ms p50 (plain / FINAL)"
+    )
     for r in result["dedup"]:
         read = r.get("device_read", {})
         read_s = " / ".join(str(v["p50_ms"]) for v in read.values())
-        print(f"{r['variant']:<22}{r['batch_rows']:>8}{r['rows_per_s']:>12,}{r['after_redelivery_raw']:>12,}"
-              f"{r['after_redelivery_raw_exact_read']:>16,}{r['after_redelivery_rollup_1m']:>11,}  {read_s}")
+        print(
+            f"{r['variant']:<22}{r['batch_rows']:>8}{r['rows_per_s']:>12,}{r['after_redelivery_raw']:>12,}"
+            f"{r['after_redelivery_raw_exact_read']:>16,}{r['after_redelivery_rollup_1m']:>11,}  {read_s}"
+        )
 
     print(f"\n== sink write path (decode JSON -> Arrow -> tokenized insert), {args.insert_rows} rows ==")
     result["sink_path"] = bench_sink_path(client, sizes, args.insert_rows)
@@ -228,28 +265,40 @@ def main() -> None:
     gen_s = generate(client, db, args.rows, args.devices, start_ms)
     stored = client.query(f"SELECT count() FROM {db}.readings").result_rows[0][0]
     rollup_rows = queries.count_rows(client, db)
-    print(f"\n== queries over {stored:,} rows (24 h, {args.devices} devices x 2 metrics); generated with rollups "
-          f"in {gen_s:.1f}s ({stored / gen_s:,.0f} rows/s); rows per table: {rollup_rows} ==")
+    print(
+        f"\n== queries over {stored:,} rows (24 h, {args.devices} devices x 2 metrics); generated with rollups "
+        f"in {gen_s:.1f}s ({stored / gen_s:,.0f} rows/s); rows per table: {rollup_rows} =="
+    )
     start, end = datetime.fromtimestamp(start_ms / 1000, UTC), datetime.fromtimestamp(end_ms / 1000, UTC)
     client.command(f"OPTIMIZE TABLE {db}.rollup_1m FINAL")  # steady state: background merges done
     client.command(f"OPTIMIZE TABLE {db}.rollup_1h FINAL")
     cases = {
-        "device 24h chart, auto (max 1000 points -> 1h)":
-            lambda: queries.device_series(client, db, "dev-17", "temperature", start, end),
-        "device 24h chart, 1m (1440 points)":
-            lambda: queries.device_series(client, db, "dev-17", "temperature", start, end, max_points=1500),
-        "device 24h chart, raw (10k points)":
-            lambda: queries.device_series(client, db, "dev-17", "temperature", start, end, max_points=20000),
+        "device 24h chart, auto (max 1000 points -> 1h)": lambda: queries.device_series(
+            client, db, "dev-17", "temperature", start, end
+        ),
+        "device 24h chart, 1m (1440 points)": lambda: queries.device_series(
+            client, db, "dev-17", "temperature", start, end, max_points=1500
+        ),
+        "device 24h chart, raw (10k points)": lambda: queries.device_series(
+            client, db, "dev-17", "temperature", start, end, max_points=20000
+        ),
         "fleet stats 24h, auto (1h rollups)": lambda: queries.fleet_stats(client, db, start, end),
-        "fleet stats 24h, one type+metric (auto)":
-            lambda: queries.fleet_stats(client, db, start, end, device_type="climate", metric="temperature"),
+        "fleet stats 24h, one type+metric (auto)": lambda: queries.fleet_stats(
+            client, db, start, end, device_type="climate", metric="temperature"
+        ),
         "fleet stats 24h, 1m rollups": lambda: queries.fleet_stats(client, db, start, end, resolution="1m"),
         "fleet stats 24h, raw rows": lambda: queries.fleet_stats(client, db, start, end, resolution="raw"),
         "top 10 devices by deviation 24h": lambda: queries.top_devices(client, db, start, end, by="deviation"),
     }
     picked = queries.device_series(client, db, "dev-17", "temperature", start, end)
-    result["queries"] = {"rows": stored, "devices": args.devices, "generate_s": round(gen_s, 1),
-                         "rows_per_table": rollup_rows, "auto_resolution_24h": picked["resolution"], "latency": {}}
+    result["queries"] = {
+        "rows": stored,
+        "devices": args.devices,
+        "generate_s": round(gen_s, 1),
+        "rows_per_table": rollup_rows,
+        "auto_resolution_24h": picked["resolution"],
+        "latency": {},
+    }
     print(f"{'query':<44}{'p50 ms':>9}{'p95 ms':>9}")
     for name, fn in cases.items():
         lat = latency(fn, args.repeat)

@@ -52,17 +52,29 @@ console = Console()
 
 def isolated(base: Settings) -> Settings:
     tag = uuid.uuid4().hex[:8]
-    s = base.model_copy(update=dict(topic_readings=f"b{tag}.readings", topic_deadletter=f"b{tag}.dlq",
-                                    mqtt_topic_prefix=f"b{tag}/telemetry", mqtt_share_group=f"g{tag}",
-                                    redis_prefix=f"b{tag}"))
+    s = base.model_copy(
+        update=dict(
+            topic_readings=f"b{tag}.readings",
+            topic_deadletter=f"b{tag}.dlq",
+            mqtt_topic_prefix=f"b{tag}/telemetry",
+            mqtt_share_group=f"g{tag}",
+            redis_prefix=f"b{tag}",
+        )
+    )
     create_topics_sync(s)
     return s
 
 
 def iotp(settings: Settings, *args: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "iotp", *args], cwd=ROOT, env=env, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "iotp_cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def simulate(settings: Settings, tmp: Path, *args: str, timeout: float = 120) -> dict:
@@ -75,8 +87,9 @@ def simulate(settings: Settings, tmp: Path, *args: str, timeout: float = 120) ->
 async def forwarded(settings: Settings, expected: int, timeout: float) -> tuple[int, int, list[int]]:
     """Distinct and total readings on the readings topic (read back from the start), and the gateway receive
     times (``rx``, epoch ms) of the distinct ones."""
-    consumer = AIOKafkaConsumer(settings.topic_readings, bootstrap_servers=settings.kafka_bootstrap,
-                                group_id=None, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        settings.topic_readings, bootstrap_servers=settings.kafka_bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
     await consumer.start()
     total = 0
     ids: set[str] = set()
@@ -117,11 +130,14 @@ def _stop(procs: list[subprocess.Popen], sig: int = signal.SIGTERM) -> None:
 
 def _start_gateways(s: Settings, tmp: Path, ids: list[str]) -> list[subprocess.Popen]:
     logs = [tmp / f"{cid}-{uuid.uuid4().hex[:4]}.log" for cid in ids]
-    procs = [iotp(s, "gateway", "--client-id", cid, "--metrics-port", "0", log=log) for cid, log in zip(ids, logs,
-                                                                                                       strict=True)]
+    procs = [
+        iotp(s, "gateway", "--client-id", cid, "--metrics-port", "0", log=log)
+        for cid, log in zip(ids, logs, strict=True)
+    ]
     deadline = time.monotonic() + 60
     while not all(b"subscribed" in log.read_bytes() for log in logs if log.exists()) or not all(
-            log.exists() for log in logs):
+        log.exists() for log in logs
+    ):
         if time.monotonic() > deadline:
             raise TimeoutError("gateways did not subscribe")
         time.sleep(0.1)
@@ -135,8 +151,26 @@ def bench_gateways(base: Settings, tmp: Path, n: int, readings: int, batch: int)
     s = isolated(base)
     ids = [f"bench-{n}-{i}-{uuid.uuid4().hex[:4]}" for i in range(n)]
     _stop(_start_gateways(s, tmp, ids), signal.SIGKILL)  # kill -9: the sessions keep their subscription
-    sim = simulate(s, tmp, "--devices", "200", "--rate", "1000000", "--count", str(readings), "--qos", "1",
-                   "--workers", "2", "--batch", str(batch), "--seed", "1", "--mix", "power=1")
+    sim = simulate(
+        s,
+        tmp,
+        "--devices",
+        "200",
+        "--rate",
+        "1000000",
+        "--count",
+        str(readings),
+        "--qos",
+        "1",
+        "--workers",
+        "2",
+        "--batch",
+        str(batch),
+        "--seed",
+        "1",
+        "--mix",
+        "power=1",
+    )
     sent = int(sim["confirmed"])
     gws = _start_gateways(s, tmp, ids)
     try:
@@ -147,18 +181,48 @@ def bench_gateways(base: Settings, tmp: Path, n: int, readings: int, batch: int)
     rx.sort()
     lo, hi = rx[int(len(rx) * 0.1)], rx[int(len(rx) * 0.9) - 1]
     rate = (int(len(rx) * 0.9) - int(len(rx) * 0.1)) / max((hi - lo) / 1000, 1e-3)
-    return {"variant": f"gateway x{n}, batch {batch}", "gateways": n, "batch": batch, "readings_sent": sent,
-            "readings_forwarded": count, "lost": sent - count, "duplicates": total - count,
-            "readings_per_s": round(rate), "messages_per_s": round(rate / batch)}
+    return {
+        "variant": f"gateway x{n}, batch {batch}",
+        "gateways": n,
+        "batch": batch,
+        "readings_sent": sent,
+        "readings_forwarded": count,
+        "lost": sent - count,
+        "duplicates": total - count,
+        "readings_per_s": round(rate),
+        "messages_per_s": round(rate / batch),
+    }
 
 
 def bench_simulator(base: Settings, tmp: Path, workers: int, batch: int, qos: int, duration: float) -> dict:
     s = isolated(base)
-    st = simulate(s, tmp, "--devices", "1000", "--rate", "1000000", "--duration", str(duration), "--workers",
-                  str(workers), "--batch", str(batch), "--qos", str(qos), "--seed", "1")
-    return {"variant": f"simulator {workers}w, batch {batch}, QoS {qos}", "workers": workers, "batch": batch,
-            "qos": qos, "readings_per_s": round(st["achieved_rate"]),
-            "messages_per_s": round(st["messages"] / st["elapsed"]), "errors": st["errors"]}
+    st = simulate(
+        s,
+        tmp,
+        "--devices",
+        "1000",
+        "--rate",
+        "1000000",
+        "--duration",
+        str(duration),
+        "--workers",
+        str(workers),
+        "--batch",
+        str(batch),
+        "--qos",
+        str(qos),
+        "--seed",
+        "1",
+    )
+    return {
+        "variant": f"simulator {workers}w, batch {batch}, QoS {qos}",
+        "workers": workers,
+        "batch": batch,
+        "qos": qos,
+        "readings_per_s": round(st["achieved_rate"]),
+        "messages_per_s": round(st["messages"] / st["elapsed"]),
+        "errors": st["errors"],
+    }
 
 
 def main() -> None:
@@ -170,9 +234,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        base = Settings(state_dir=tmp / "state", mqtt_port=free_port(),
-                        redis_url=f"redis://127.0.0.1:{free_port()}/0", kafka_bootstrap=f"127.0.0.1:{free_port()}",
-                        gateway_metrics_port=0)
+        base = Settings(
+            state_dir=tmp / "state",
+            mqtt_port=free_port(),
+            redis_url=f"redis://127.0.0.1:{free_port()}/0",
+            kafka_bootstrap=f"127.0.0.1:{free_port()}",
+            gateway_metrics_port=0,
+        )
         stack = LocalStack(base)
         stack.up()
         rows: list[dict] = []
@@ -207,8 +275,9 @@ def main() -> None:
     if args.only and out.exists():  # keep the other group's rows from the previous run
         keep = [r for r in json.loads(out.read_text())["results"] if ("gateways" in r) != (args.only == "gateways")]
         rows = keep + rows
-    out.write_text(json.dumps({"host_cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                               "results": rows}, indent=2))
+    out.write_text(
+        json.dumps({"host_cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": rows}, indent=2)
+    )
     console.print(f"wrote {out}")
 
 

@@ -52,12 +52,22 @@ async def fill(settings: Settings, records: int, devices: int, per_record: int) 
             for _ in range(per_record):
                 seq[d] += 1
                 ts = t0 + seq[d] * 1000
-                rows.append({"id": f"bench-{d}:{seq[d]}", "seq": seq[d], "ts": ts, "rx": ts,
-                             "metrics": {"temperature": round(21 + rng.gauss(0, 0.2), 3),
-                                         "humidity": round(45 + rng.gauss(0, 0.5), 3),
-                                         "co2": round(500 + rng.gauss(0, 8), 2)}})
-            await producer.send(settings.topic_readings, key=f"bench-{d}".encode(),
-                                value=encode_batch(f"bench-{d}", "climate", rows))
+                rows.append(
+                    {
+                        "id": f"bench-{d}:{seq[d]}",
+                        "seq": seq[d],
+                        "ts": ts,
+                        "rx": ts,
+                        "metrics": {
+                            "temperature": round(21 + rng.gauss(0, 0.2), 3),
+                            "humidity": round(45 + rng.gauss(0, 0.5), 3),
+                            "co2": round(500 + rng.gauss(0, 8), 2),
+                        },
+                    }
+                )
+            await producer.send(
+                settings.topic_readings, key=f"bench-{d}".encode(), value=encode_batch(f"bench-{d}", "climate", rows)
+            )
         await producer.flush()
     finally:
         await producer.stop()
@@ -66,10 +76,18 @@ async def fill(settings: Settings, records: int, devices: int, per_record: int) 
 
 def variant(base: Settings, tmp: Path, records: int, devices: int, per_record: int, timeout: float) -> dict:
     tag = uuid.uuid4().hex[:8]
-    s = base.model_copy(update=dict(topic_readings=f"b{tag}.readings", topic_deadletter=f"b{tag}.dlq",
-                                    topic_aggregates=f"b{tag}.aggregates", topic_alerts=f"b{tag}.alerts",
-                                    topic_sink_deadletter=f"b{tag}.sdlq", redis_prefix=f"b{tag}",
-                                    stream_app_id=f"bench-{tag}", stream_stats_interval_s=0.5))
+    s = base.model_copy(
+        update=dict(
+            topic_readings=f"b{tag}.readings",
+            topic_deadletter=f"b{tag}.dlq",
+            topic_aggregates=f"b{tag}.aggregates",
+            topic_alerts=f"b{tag}.alerts",
+            topic_sink_deadletter=f"b{tag}.sdlq",
+            redis_prefix=f"b{tag}",
+            stream_app_id=f"bench-{tag}",
+            stream_stats_interval_s=0.5,
+        )
+    )
     create_topics_sync(s)
     readings = asyncio.run(fill(s, records, devices, per_record))
     r = redis.Redis.from_url(s.redis_url, decode_responses=True)
@@ -77,8 +95,13 @@ def variant(base: Settings, tmp: Path, records: int, devices: int, per_record: i
     env = {**os.environ, **settings_env(s), "PYTHONUNBUFFERED": "1"}
     log = (tmp / f"stream-{tag}.log").open("wb")
     prof = ["-m", "cProfile", "-o", os.environ["STREAM_PROFILE"]] if os.environ.get("STREAM_PROFILE") else []
-    proc = subprocess.Popen([sys.executable, *prof, "-m", "iotp", "stream", "--loglevel", "warning"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, *prof, "-m", "iotp_cli", "stream", "--loglevel", "warning"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     first = last = None
     deadline = time.monotonic() + timeout
     try:
@@ -98,10 +121,16 @@ def variant(base: Settings, tmp: Path, records: int, devices: int, per_record: i
         return {"readings_per_record": per_record, "error": f"timed out after {timeout}s"}
     elapsed = max(last[0] - first[0], 1e-3)
     counted = last[1] - first[1]
-    return {"readings_per_record": per_record, "records": records, "readings": readings, "devices": devices,
-            "records_per_s": round(counted / elapsed), "readings_per_s": round(counted * per_record / elapsed),
-            "aggregates": int(r.hget(stats, "stream.aggregates") or 0),
-            "alerts": int(r.hget(stats, "stream.alerts") or 0)}
+    return {
+        "readings_per_record": per_record,
+        "records": records,
+        "readings": readings,
+        "devices": devices,
+        "records_per_s": round(counted / elapsed),
+        "readings_per_s": round(counted * per_record / elapsed),
+        "aggregates": int(r.hget(stats, "stream.aggregates") or 0),
+        "alerts": int(r.hget(stats, "stream.alerts") or 0),
+    }
 
 
 def main() -> int:
@@ -113,9 +142,13 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="iotp-stream-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        base = Settings(state_dir=tmp / "state", mqtt_port=free_port(),
-                        redis_url=f"redis://127.0.0.1:{free_port()}/0",
-                        kafka_bootstrap=f"127.0.0.1:{free_port()}", gateway_metrics_port=0)
+        base = Settings(
+            state_dir=tmp / "state",
+            mqtt_port=free_port(),
+            redis_url=f"redis://127.0.0.1:{free_port()}/0",
+            kafka_bootstrap=f"127.0.0.1:{free_port()}",
+            gateway_metrics_port=0,
+        )
         stack = LocalStack(base)
         stack.up()
         try:
@@ -125,8 +158,9 @@ def main() -> int:
         finally:
             stack.down()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"variants": rows, "note": "one worker, 4 partitions, 2 shared cores"},
-                                  indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps({"variants": rows, "note": "one worker, 4 partitions, 2 shared cores"}, indent=2) + "\n"
+    )
     return 0
 
 

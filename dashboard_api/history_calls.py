@@ -14,5 +14,6 @@ T = TypeVar("T")
 async def run_query(request: Request, query: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``query(client, database, *args, **kwargs)`` in a worker thread (ClickHouse errors become a 503 in the
     app's exception handler)."""
-    return await asyncio.to_thread(query, request.app.state.clickhouse,
-                                   request.app.state.settings.clickhouse_database, *args, **kwargs)
+    return await asyncio.to_thread(
+        query, request.app.state.clickhouse, request.app.state.settings.clickhouse_database, *args, **kwargs
+    )

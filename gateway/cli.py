@@ -8,16 +8,25 @@ import typer
 
 
 def gateway(
-    client_id: Annotated[str | None, typer.Option(help="MQTT client id; keep it STABLE per instance (its "
-                                                       "persistent session survives restarts)")] = None,
-    index: Annotated[int, typer.Option(min=0, help="Instance index when several gateways run: default client "
-                                                   "id iotp-gateway-<host>-<index>")] = 0,
-    metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics port (default: "
-                                                          "IOTP_GATEWAY_METRICS_PORT + index); 0 disables")] = None,
+    client_id: Annotated[
+        str | None,
+        typer.Option(help="MQTT client id; keep it STABLE per instance (its persistent session survives restarts)"),
+    ] = None,
+    index: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Instance index when several gateways run: default client id iotp-gateway-<host>-<index>"
+        ),
+    ] = 0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Prometheus /metrics port (default: IOTP_GATEWAY_METRICS_PORT + index); 0 disables"),
+    ] = None,
     metrics_host: Annotated[str, typer.Option(help="Address of the /metrics endpoint")] = "127.0.0.1",
     use_uvloop: Annotated[bool, typer.Option("--uvloop/--no-uvloop", help="Run the event loop on uvloop")] = True,
-    redis_stats: Annotated[bool, typer.Option("--redis-stats/--no-redis-stats",
-                                              help="Publish counters to the Redis stats hash")] = True,
+    redis_stats: Annotated[
+        bool, typer.Option("--redis-stats/--no-redis-stats", help="Publish counters to the Redis stats hash")
+    ] = True,
 ) -> None:
     import asyncio
     import logging

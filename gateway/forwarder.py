@@ -72,8 +72,14 @@ def default_client_id(index: int = 0) -> str:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, client_id: str | None = None, *, stats_interval_s: float = 1.0,
-                 redis_stats: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client_id: str | None = None,
+        *,
+        stats_interval_s: float = 1.0,
+        redis_stats: bool = True,
+    ) -> None:
         self.settings = settings
         self.client_id = client_id or default_client_id()
         self.limits = Limits(settings.gateway_max_payload_bytes, int(settings.gateway_max_skew_s * 1000))
@@ -103,8 +109,11 @@ class Gateway:
         if self.stopping is None or self.stopping.is_set():
             return
         if getattr(reason_code, "value", None) == TAKEN_OVER:
-            log.error("another client connected with MQTT client id %r and took the session over; give each "
-                      "gateway its own --client-id or --index. Exiting.", self.client_id)
+            log.error(
+                "another client connected with MQTT client id %r and took the session over; give each "
+                "gateway its own --client-id or --index. Exiting.",
+                self.client_id,
+            )
             self.exit_code = 3
             self.stopping.set()
             return
@@ -139,8 +148,9 @@ class Gateway:
             batch = self.pending.get(r.device_id)
             if batch is None:
                 batch = self.pending[r.device_id] = DeviceBatch(r.device_type)
-            batch.readings.append({"id": reading_id(r.device_id, r.seq), "seq": r.seq, "ts": r.ts, "rx": now_ms,
-                                   "metrics": r.metrics})
+            batch.readings.append(
+                {"id": reading_id(r.device_id, r.seq), "seq": r.seq, "ts": r.ts, "rx": now_ms, "metrics": r.metrics}
+            )
             batch.tickets.append(ticket)
             if len(batch.readings) >= MAX_READINGS_PER_RECORD:
                 self._flush_device(r.device_id)
@@ -162,8 +172,9 @@ class Gateway:
         value = encode_batch(device_id, batch.device_type, batch.readings)
         self._spawn(self._send(device_id, value, batch))
 
-    async def _send_with_retry(self, topic: str, value: bytes, key: bytes | None,
-                               headers: list[tuple[str, bytes]] | None = None) -> None:
+    async def _send_with_retry(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         delay = 0.1
         while True:
             started = time.perf_counter()
@@ -190,8 +201,12 @@ class Gateway:
                 self._ack(ticket)
 
     async def _dead_letter(self, msg: mqtt.MQTTMessage, rej: Rejected, now_ms: int) -> None:
-        headers = [("reason", rej.reason.value.encode()), ("detail", rej.detail.encode()[:1000]),
-                   ("mqtt_topic", msg.topic.encode()), ("received_ms", str(now_ms).encode())]
+        headers = [
+            ("reason", rej.reason.value.encode()),
+            ("detail", rej.detail.encode()[:1000]),
+            ("mqtt_topic", msg.topic.encode()),
+            ("received_ms", str(now_ms).encode()),
+        ]
         key = rej.device_id.encode() if rej.device_id else None
         await self._send_with_retry(self.settings.topic_deadletter, bytes(msg.payload), key, headers)
         self._ack(Ticket(msg, 0))
@@ -206,13 +221,19 @@ class Gateway:
                 loop.add_signal_handler(sig, self.stopping.set)
         self.producer = make_producer(self.settings)
         await self._start_producer()
-        self.client = make_client(self.settings, self.client_id, clean_start=False, manual_ack=True,
-                                  max_inflight=min(self.max_inflight, 65535))
+        self.client = make_client(
+            self.settings,
+            self.client_id,
+            clean_start=False,
+            manual_ack=True,
+            max_inflight=min(self.max_inflight, 65535),
+        )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
-        self.mqtt = AsyncioMqtt(self.client, lambda: connect(self.client, self.settings,
-                                                             session_expiry_s=SESSION_EXPIRY_S))
+        self.mqtt = AsyncioMqtt(
+            self.client, lambda: connect(self.client, self.settings, session_expiry_s=SESSION_EXPIRY_S)
+        )
         await self.mqtt.connect()
         stats_task = asyncio.ensure_future(self._publish_stats()) if self.redis_stats else None
         flusher = asyncio.ensure_future(self._flush_loop())

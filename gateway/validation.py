@@ -100,8 +100,11 @@ def _validate_one(obj: object, now_ms: int, limits: Limits, topic_device: str | 
     if "v" not in obj:
         raise Rejected(Reason.MISSING_FIELD, "v: schema version is required", device_id)
     if obj["v"] not in SUPPORTED_VERSIONS or isinstance(obj["v"], bool):
-        raise Rejected(Reason.UNSUPPORTED_VERSION, f"schema version {obj['v']!r} is not supported "
-                       f"(supported: {sorted(SUPPORTED_VERSIONS)})", device_id)
+        raise Rejected(
+            Reason.UNSUPPORTED_VERSION,
+            f"schema version {obj['v']!r} is not supported (supported: {sorted(SUPPORTED_VERSIONS)})",
+            device_id,
+        )
     try:
         reading = Reading.model_validate(obj)
     except ValidationError as exc:
@@ -110,27 +113,34 @@ def _validate_one(obj: object, now_ms: int, limits: Limits, topic_device: str | 
         raise Rejected(_reason_for(first), f"{where}: {first['msg']}", device_id) from None
     catalogue = DEVICE_TYPES.get(reading.device_type)
     if catalogue is None:
-        raise Rejected(Reason.UNKNOWN_DEVICE_TYPE, f"device_type {reading.device_type!r} is unknown",
-                       device_id)
+        raise Rejected(Reason.UNKNOWN_DEVICE_TYPE, f"device_type {reading.device_type!r} is unknown", device_id)
     for name, value in reading.metrics.items():
         spec = catalogue.get(name)
         if spec is None:
-            raise Rejected(Reason.UNKNOWN_METRIC, f"{reading.device_type} has no metric {name!r}",
-                           device_id)
+            raise Rejected(Reason.UNKNOWN_METRIC, f"{reading.device_type} has no metric {name!r}", device_id)
         if not spec.valid_min <= value <= spec.valid_max:
-            raise Rejected(Reason.OUT_OF_RANGE, f"{name}={value} outside [{spec.valid_min}, "
-                           f"{spec.valid_max}]", device_id)
+            raise Rejected(
+                Reason.OUT_OF_RANGE, f"{name}={value} outside [{spec.valid_min}, {spec.valid_max}]", device_id
+            )
     if abs(reading.ts - now_ms) > limits.max_skew_ms:
-        raise Rejected(Reason.TIMESTAMP_SKEW, f"ts {reading.ts} is {(reading.ts - now_ms) / 1000:+.0f}s "
-                       f"from gateway time (limit ±{limits.max_skew_ms / 1000:.0f}s)", device_id)
+        raise Rejected(
+            Reason.TIMESTAMP_SKEW,
+            f"ts {reading.ts} is {(reading.ts - now_ms) / 1000:+.0f}s "
+            f"from gateway time (limit ±{limits.max_skew_ms / 1000:.0f}s)",
+            device_id,
+        )
     if topic_device is not None and topic_device != reading.device_id:
-        raise Rejected(Reason.TOPIC_MISMATCH, f"payload device_id {reading.device_id!r} != topic "
-                       f"device {topic_device!r}", device_id)
+        raise Rejected(
+            Reason.TOPIC_MISMATCH,
+            f"payload device_id {reading.device_id!r} != topic device {topic_device!r}",
+            device_id,
+        )
     return reading
 
 
-def validate_payload(raw: bytes, now_ms: int, limits: Limits = Limits(),
-                     topic_device: str | None = None) -> list[Reading]:
+def validate_payload(
+    raw: bytes, now_ms: int, limits: Limits = Limits(), topic_device: str | None = None
+) -> list[Reading]:
     """All readings of the payload, or :class:`Rejected` for the first problem found.
 
     A batch is accepted or rejected as a whole, so a reject keeps the original bytes intact.

@@ -19,8 +19,11 @@ def sink() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
     if settings.clickhouse_embedded and settings.api_embedded_sink:
-        typer.echo("note: embedded ClickHouse and IOTP_API_EMBEDDED_SINK=true: the API process already "
-                   "runs the sink; running both would fight over the chDB directory.", err=True)
+        typer.echo(
+            "note: embedded ClickHouse and IOTP_API_EMBEDDED_SINK=true: the API process already "
+            "runs the sink; running both would fight over the chDB directory.",
+            err=True,
+        )
         raise typer.Exit(2)
     client = get_client(settings)
     migrate(client, settings.clickhouse_database, settings)

@@ -88,11 +88,14 @@ def _rollup_view(name: str, interval: str) -> str:
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     # Version 1 was the walking skeleton's ReplacingMergeTree readings table; version 2 replaces it.
     (1, "raw readings (skeleton, superseded by 2)", []),
-    (2, "history schema: raw readings with insert dedup, 1m/1h rollups, window aggregates, alerts, sink plans", [
-        "DROP VIEW IF EXISTS {db}.rollup_1m_mv",
-        "DROP VIEW IF EXISTS {db}.rollup_1h_mv",
-        "DROP TABLE IF EXISTS {db}.readings",
-        """
+    (
+        2,
+        "history schema: raw readings with insert dedup, 1m/1h rollups, window aggregates, alerts, sink plans",
+        [
+            "DROP VIEW IF EXISTS {db}.rollup_1m_mv",
+            "DROP VIEW IF EXISTS {db}.rollup_1h_mv",
+            "DROP TABLE IF EXISTS {db}.readings",
+            """
         CREATE TABLE IF NOT EXISTS {db}.readings (
             device_id   LowCardinality(String),
             device_type LowCardinality(String),
@@ -109,11 +112,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         TTL {ttl_readings}
         SETTINGS non_replicated_deduplication_window = {dedup_window}
         """,
-        _rollup_table("rollup_1m", "toDate(bucket)"),
-        _rollup_table("rollup_1h", "toYYYYMM(bucket)"),
-        _rollup_view("rollup_1m", "INTERVAL 1 MINUTE"),
-        _rollup_view("rollup_1h", "INTERVAL 1 HOUR"),
-        """
+            _rollup_table("rollup_1m", "toDate(bucket)"),
+            _rollup_table("rollup_1h", "toYYYYMM(bucket)"),
+            _rollup_view("rollup_1m", "INTERVAL 1 MINUTE"),
+            _rollup_view("rollup_1h", "INTERVAL 1 HOUR"),
+            """
         CREATE TABLE IF NOT EXISTS {db}.window_aggregates (
             device_id   LowCardinality(String),
             device_type LowCardinality(String),
@@ -134,7 +137,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         ORDER BY (device_id, metric, window_s, start)
         TTL {ttl_window_aggregates}
         """,
-        """
+            """
         CREATE TABLE IF NOT EXISTS {db}.alerts (
             alert_id      String,
             device_id     LowCardinality(String),
@@ -158,7 +161,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         ORDER BY (device_id, alert_id)
         TTL {ttl_alerts}
         """,
-        """
+            """
         CREATE TABLE IF NOT EXISTS {db}.sink_plans (
             group_id     String,
             topic        String,
@@ -172,11 +175,16 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         ORDER BY (group_id, topic, partition)
         TTL toDateTime(created) + toIntervalDay(30)
         """,
-    ]),
-    (3, "readings.stored_ts: when the row reached ClickHouse (sensor -> stored latency)", [
-        "ALTER TABLE {db}.readings ADD COLUMN IF NOT EXISTS stored_ts DateTime64(3, 'UTC') DEFAULT now64(3) "
-        "CODEC(DoubleDelta, LZ4)",
-    ]),
+        ],
+    ),
+    (
+        3,
+        "readings.stored_ts: when the row reached ClickHouse (sensor -> stored latency)",
+        [
+            "ALTER TABLE {db}.readings ADD COLUMN IF NOT EXISTS stored_ts DateTime64(3, 'UTC') DEFAULT now64(3) "
+            "CODEC(DoubleDelta, LZ4)",
+        ],
+    ),
 ]
 
 
@@ -199,7 +207,8 @@ def migrate(client: Client, database: str, settings: Settings | None = None) -> 
     client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
     client.command(
         f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations (version UInt32, name String, "
-        "applied_at DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY version")
+        "applied_at DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY version"
+    )
     done = {row[0] for row in client.query(f"SELECT version FROM {database}.schema_migrations").result_rows}
     applied = []
     for version, name, statements in MIGRATIONS:

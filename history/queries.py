@@ -59,8 +59,16 @@ def _range_source(client: Client, database: str, start_ms: int, end_ms: int, all
     return "1h"
 
 
-def device_series(client: Client, database: str, device_id: str, metric: str, start: datetime, end: datetime,
-                  max_points: int = 1000, resolution: Literal["auto", "raw", "1m", "1h"] = "auto") -> dict:
+def device_series(
+    client: Client,
+    database: str,
+    device_id: str,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    max_points: int = 1000,
+    resolution: Literal["auto", "raw", "1m", "1h"] = "auto",
+) -> dict:
     """A chart series of one device x metric over ``[start, end)``.
 
     ``auto`` picks raw when the range holds at most ``max_points`` raw readings, else 1 min buckets when the
@@ -74,7 +82,9 @@ def device_series(client: Client, database: str, device_id: str, metric: str, st
         raw_count = client.query(
             f"SELECT count() FROM {database}.readings WHERE device_id = {{device_id:String}} "
             "AND metric = {metric:String} AND ts >= fromUnixTimestamp64Milli({start:Int64}, 'UTC') "
-            "AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC')", parameters=params).result_rows[0][0]
+            "AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC')",
+            parameters=params,
+        ).result_rows[0][0]
         if raw_count <= max_points:
             resolution = "raw"
         elif (end_ms - start_ms) / 60_000 <= max_points:
@@ -87,9 +97,12 @@ def device_series(client: Client, database: str, device_id: str, metric: str, st
             "WHERE device_id = {device_id:String} AND metric = {metric:String} "
             "AND ts >= fromUnixTimestamp64Milli({start:Int64}, 'UTC') "
             "AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC') ORDER BY ts LIMIT {limit:UInt32}",
-            parameters={**params, "limit": max_points}).result_rows
-        return {"resolution": "raw",
-                "points": [{"ts": ts, "value": v, "min": v, "max": v, "count": 1} for ts, v in rows]}
+            parameters={**params, "limit": max_points},
+        ).result_rows
+        return {
+            "resolution": "raw",
+            "points": [{"ts": ts, "value": v, "min": v, "max": v, "count": 1} for ts, v in rows],
+        }
     if resolution not in STEP_S:
         raise ValueError(f"unknown resolution {resolution!r}")
     step = STEP_S[resolution]
@@ -103,7 +116,8 @@ def device_series(client: Client, database: str, device_id: str, metric: str, st
         "GROUP BY bucket ORDER BY bucket WITH FILL "
         "FROM toStartOfInterval(toDateTime(intDiv({start:Int64}, 1000), 'UTC'), toIntervalSecond({step:UInt32})) "
         "TO toDateTime(intDiv({end:Int64} + 999, 1000), 'UTC') STEP toIntervalSecond({step:UInt32})",
-        parameters={**params, "step": step}).result_rows
+        parameters={**params, "step": step},
+    ).result_rows
     points = []
     for bucket, count, value, lo, hi in rows:
         ts = int(bucket.replace(tzinfo=UTC).timestamp() * 1000) if isinstance(bucket, datetime) else int(bucket) * 1000
@@ -114,8 +128,15 @@ def device_series(client: Client, database: str, device_id: str, metric: str, st
     return {"resolution": resolution, "points": points}
 
 
-def fleet_stats(client: Client, database: str, start: datetime, end: datetime, device_type: str | None = None,
-                metric: str | None = None, resolution: Literal["auto", "raw", "1m", "1h"] = "auto") -> list[dict]:
+def fleet_stats(
+    client: Client,
+    database: str,
+    start: datetime,
+    end: datetime,
+    device_type: str | None = None,
+    metric: str | None = None,
+    resolution: Literal["auto", "raw", "1m", "1h"] = "auto",
+) -> list[dict]:
     """Per device type x metric over ``[start, end)``: count, mean, p50/p95/p99 (t-digest), min, max.
 
     ``auto`` reads raw rows for ranges up to 1 h, 1 min rollups up to 12 h, 1 h rollups beyond (rollup
@@ -124,36 +145,60 @@ def fleet_stats(client: Client, database: str, start: datetime, end: datetime, d
     source = _range_source(client, database, start_ms, end_ms) if resolution == "auto" else resolution
     q = ", ".join(str(x) for x in QUANTILES)
     params = {"start": start_ms, "end": end_ms, "device_type": device_type or "", "metric": metric or ""}
-    filters = ("AND ({device_type:String} = '' OR device_type = {device_type:String}) "
-               "AND ({metric:String} = '' OR metric = {metric:String}) ")
+    filters = (
+        "AND ({device_type:String} = '' OR device_type = {device_type:String}) "
+        "AND ({metric:String} = '' OR metric = {metric:String}) "
+    )
     if source == "raw":
-        sql = (f"SELECT device_type, metric, count(), avg(value), quantilesTDigest({q})(value), min(value), max(value) "
-               f"FROM {database}.readings WHERE ts >= fromUnixTimestamp64Milli({{start:Int64}}, 'UTC') "
-               "AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC') " + filters)
+        sql = (
+            f"SELECT device_type, metric, count(), avg(value), quantilesTDigest({q})(value), min(value), max(value) "
+            f"FROM {database}.readings WHERE ts >= fromUnixTimestamp64Milli({{start:Int64}}, 'UTC') "
+            "AND ts < fromUnixTimestamp64Milli({end:Int64}, 'UTC') " + filters
+        )
     elif source in STEP_S:
-        sql = (f"SELECT device_type, metric, countMerge(n), avgMerge(vavg), quantilesTDigestMerge({q})(q), "
-               f"minMerge(vmin), maxMerge(vmax) FROM {database}.rollup_{source} "
-               "WHERE bucket >= toStartOfInterval(toDateTime(intDiv({start:Int64}, 1000), 'UTC'), "
-               f"toIntervalSecond({STEP_S[source]})) "
-               "AND bucket < toDateTime(intDiv({end:Int64} + 999, 1000), 'UTC') " + filters)
+        sql = (
+            f"SELECT device_type, metric, countMerge(n), avgMerge(vavg), quantilesTDigestMerge({q})(q), "
+            f"minMerge(vmin), maxMerge(vmax) FROM {database}.rollup_{source} "
+            "WHERE bucket >= toStartOfInterval(toDateTime(intDiv({start:Int64}, 1000), 'UTC'), "
+            f"toIntervalSecond({STEP_S[source]})) "
+            "AND bucket < toDateTime(intDiv({end:Int64} + 999, 1000), 'UTC') " + filters
+        )
     else:
         raise ValueError(f"unknown resolution {resolution!r}")
-    rows = client.query(sql + "GROUP BY device_type, metric ORDER BY device_type, metric",
-                        parameters=params).result_rows
+    rows = client.query(
+        sql + "GROUP BY device_type, metric ORDER BY device_type, metric", parameters=params
+    ).result_rows
     out = []
     for dt, m, n, mean, qs, lo, hi in rows:
         if not n:
             continue
         # t-digest centroids are Float32: clamp the estimates into the exact [min, max]
         p50, p95, p99 = (None if _f(x) is None else min(max(float(x), lo), hi) for x in qs)
-        out.append({"device_type": dt, "metric": m, "count": int(n), "mean": _f(mean), "p50": p50, "p95": p95,
-                    "p99": p99, "min": _f(lo), "max": _f(hi)})
+        out.append(
+            {
+                "device_type": dt,
+                "metric": m,
+                "count": int(n),
+                "mean": _f(mean),
+                "p50": p50,
+                "p95": p95,
+                "p99": p99,
+                "min": _f(lo),
+                "max": _f(hi),
+            }
+        )
     return out
 
 
-def top_devices(client: Client, database: str, start: datetime, end: datetime,
-                by: Literal["alerts", "deviation"] = "alerts", limit: int = 10,
-                device_type: str | None = None) -> list[dict]:
+def top_devices(
+    client: Client,
+    database: str,
+    start: datetime,
+    end: datetime,
+    by: Literal["alerts", "deviation"] = "alerts",
+    limit: int = 10,
+    device_type: str | None = None,
+) -> list[dict]:
     """Top-N devices over ``[start, end)``.
 
     - ``alerts``: score = alerts opened in the range (distinct alert ids); also ``critical`` and ``open`` (now).
@@ -173,16 +218,21 @@ def top_devices(client: Client, database: str, start: datetime, end: datetime,
             "  AND ({device_type:String} = '' OR device_type = {device_type:String}) "
             "  ORDER BY version DESC LIMIT 1 BY alert_id"
             ") GROUP BY device_id ORDER BY score DESC, device_id LIMIT {limit:UInt32}",
-            parameters=params).result_rows
-        return [{"device_id": d, "device_type": t, "score": float(s), "alerts": int(s), "critical": int(c),
-                 "open": int(o)} for d, t, s, c, o in rows]
+            parameters=params,
+        ).result_rows
+        return [
+            {"device_id": d, "device_type": t, "score": float(s), "alerts": int(s), "critical": int(c), "open": int(o)}
+            for d, t, s, c, o in rows
+        ]
     if by != "deviation":
         raise ValueError(f"unknown ranking {by!r}")
     source = _range_source(client, database, start_ms, end_ms, allow_raw=False)
     table = f"{database}.rollup_{source}"
-    where = ("bucket >= toStartOfInterval(toDateTime(intDiv({start:Int64}, 1000), 'UTC'), "
-             f"toIntervalSecond({STEP_S[source]})) AND bucket < toDateTime(intDiv({{end:Int64}} + 999, 1000), 'UTC') "
-             "AND ({device_type:String} = '' OR device_type = {device_type:String})")
+    where = (
+        "bucket >= toStartOfInterval(toDateTime(intDiv({start:Int64}, 1000), 'UTC'), "
+        f"toIntervalSecond({STEP_S[source]})) AND bucket < toDateTime(intDiv({{end:Int64}} + 999, 1000), 'UTC') "
+        "AND ({device_type:String} = '' OR device_type = {device_type:String})"
+    )
     rows = client.query(
         "WITH per_device AS ("
         f"  SELECT device_id, device_type, metric, avgMerge(vavg) AS mean FROM {table} WHERE {where} "
@@ -196,24 +246,57 @@ def top_devices(client: Client, database: str, start: datetime, end: datetime,
         "         f.fmean AS fmean, if(f.fstd > 0, abs(d.mean - f.fmean) / f.fstd, 0) AS z "
         "  FROM per_device AS d INNER JOIN fleet AS f ON d.device_type = f.device_type AND d.metric = f.metric"
         ") GROUP BY device_id, device_type ORDER BY score DESC, device_id LIMIT {limit:UInt32}",
-        parameters=params).result_rows
-    return [{"device_id": d, "device_type": t, "score": float(s), "metric": m, "mean": _f(mean),
-             "fleet_mean": _f(fmean)} for d, t, s, m, mean, fmean in rows]
+        parameters=params,
+    ).result_rows
+    return [
+        {"device_id": d, "device_type": t, "score": float(s), "metric": m, "mean": _f(mean), "fleet_mean": _f(fmean)}
+        for d, t, s, m, mean, fmean in rows
+    ]
 
 
-ALERT_COLUMNS = ["alert_id", "device_id", "device_type", "metric", "rule", "severity", "state", "value",
-                 "expected_min", "expected_max", "first_seen", "last_seen", "resolved_at", "message"]
+ALERT_COLUMNS = [
+    "alert_id",
+    "device_id",
+    "device_type",
+    "metric",
+    "rule",
+    "severity",
+    "state",
+    "value",
+    "expected_min",
+    "expected_max",
+    "first_seen",
+    "last_seen",
+    "resolved_at",
+    "message",
+]
 
 
-def alert_history(client: Client, database: str, start: datetime, end: datetime, device_id: str | None = None,
-                  rule: str | None = None, severity: str | None = None, state: str | None = None,
-                  limit: int = 100, offset: int = 0) -> list[dict]:
+def alert_history(
+    client: Client,
+    database: str,
+    start: datetime,
+    end: datetime,
+    device_id: str | None = None,
+    rule: str | None = None,
+    severity: str | None = None,
+    state: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict]:
     """Alerts active at some time in ``[start, end)`` (opened before ``end`` and either still open or resolved
     at/after ``start``), in their latest state (resolved beats open), newest first. Times are epoch ms, as in
     :class:`iotp.schema.Alert`; the filters compare against the latest state."""
-    params = {"start": _ms(start), "end": _ms(end), "device_id": device_id or "", "rule": rule or "",
-              "severity": severity or "", "state": state or "", "limit": max(0, int(limit)),
-              "offset": max(0, int(offset))}
+    params = {
+        "start": _ms(start),
+        "end": _ms(end),
+        "device_id": device_id or "",
+        "rule": rule or "",
+        "severity": severity or "",
+        "state": state or "",
+        "limit": max(0, int(limit)),
+        "offset": max(0, int(offset)),
+    }
     rows = client.query(
         "SELECT alert_id, device_id, device_type, metric, rule, severity, state, value, expected_min, expected_max, "
         "toUnixTimestamp64Milli(first_seen), toUnixTimestamp64Milli(last_seen), "
@@ -228,15 +311,19 @@ def alert_history(client: Client, database: str, start: datetime, end: datetime,
         "AND ({severity:String} = '' OR severity = {severity:String}) "
         "AND ({state:String} = '' OR state = {state:String}) "
         "ORDER BY first_seen DESC, alert_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
-        parameters=params).result_rows
+        parameters=params,
+    ).result_rows
     return [{**dict(zip(ALERT_COLUMNS, row, strict=True)), "v": 1} for row in rows]
 
 
 def count_rows(client: Client, database: str) -> dict[str, int]:
     """Stored rows per history table (active parts; rollup rows not yet merged count separately)."""
-    rows = dict(client.query(
-        "SELECT table, sum(rows) FROM system.parts WHERE database = {db:String} AND active GROUP BY table",
-        parameters={"db": database}).result_rows)
+    rows = dict(
+        client.query(
+            "SELECT table, sum(rows) FROM system.parts WHERE database = {db:String} AND active GROUP BY table",
+            parameters={"db": database},
+        ).result_rows
+    )
     return {table: int(rows.get(table, 0)) for table in TABLES}
 
 
@@ -259,7 +346,16 @@ def ingest_check(client: Client, database: str, device_prefix: str) -> dict:
         "GROUP BY device_id)",
         parameters={"prefix": device_prefix},
     ).result_rows[0][0]
-    latency = ({"p50": float(quantiles[0]), "p95": float(quantiles[1]), "p99": float(quantiles[2]),
-                "max": float(worst)} if readings else {})
-    return {"readings": int(readings), "rows": int(rows), "duplicate_rows": int(duplicates),
-            "devices": int(devices), "missing_in_sequence": int(gaps or 0), "latency_ms": latency}
+    latency = (
+        {"p50": float(quantiles[0]), "p95": float(quantiles[1]), "p99": float(quantiles[2]), "max": float(worst)}
+        if readings
+        else {}
+    )
+    return {
+        "readings": int(readings),
+        "rows": int(rows),
+        "duplicate_rows": int(duplicates),
+        "devices": int(devices),
+        "missing_in_sequence": int(gaps or 0),
+        "latency_ms": latency,
+    }

@@ -75,6 +75,7 @@ class Record:
 
 # --- decoding: Kafka record -> rows (tuples in the column order of the target table) ---
 
+
 def _int(value: Any, name: str, lo: int = 0, hi: int = 2**63) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value < hi:
         raise Rejected(f"{name} is not an integer in [{lo}, {hi}): {value!r}")
@@ -113,27 +114,40 @@ def decode_readings(raw: bytes | None) -> list[tuple]:
 
 def readings_arrow(rows: list[tuple]) -> pa.Table:
     cols = list(zip(*rows, strict=True)) if rows else [[] for _ in READING_COLUMNS]
-    return pa.table({
-        "device_id": pa.array(cols[0], pa.string()),
-        "device_type": pa.array(cols[1], pa.string()),
-        "metric": pa.array(cols[2], pa.string()),
-        "ts": pa.array(cols[3], MS),
-        "value": pa.array(cols[4], pa.float64()),
-        "seq": pa.array(cols[5], pa.uint64()),
-        "ingest_ts": pa.array(cols[6], MS),
-    })
+    return pa.table(
+        {
+            "device_id": pa.array(cols[0], pa.string()),
+            "device_type": pa.array(cols[1], pa.string()),
+            "metric": pa.array(cols[2], pa.string()),
+            "ts": pa.array(cols[3], MS),
+            "value": pa.array(cols[4], pa.float64()),
+            "seq": pa.array(cols[5], pa.uint64()),
+            "ingest_ts": pa.array(cols[6], MS),
+        }
+    )
 
 
-AGGREGATE_FIELDS = ["device_id", "device_type", "metric", "window_s", "start", "end", "count", "min", "max",
-                    "mean", "std", "late"]
+AGGREGATE_FIELDS = [
+    "device_id",
+    "device_type",
+    "metric",
+    "window_s",
+    "start",
+    "end",
+    "count",
+    "min",
+    "max",
+    "mean",
+    "std",
+    "late",
+]
 
 
 def decode_aggregate(raw: bytes | None) -> list[tuple]:
     try:
         a = WindowAggregate.model_validate_json(raw or b"")
     except ValidationError as exc:
-        raise Rejected(f"not a WindowAggregate: {exc.errors()[0].get('msg')} at {exc.errors()[0].get('loc')}") \
-            from None
+        raise Rejected(f"not a WindowAggregate: {exc.errors()[0].get('msg')} at {exc.errors()[0].get('loc')}") from None
     for name in ("start", "end"):
         _int(getattr(a, name), name, 0, MAX_TS_MS)
     for name in ("min", "max", "mean", "std"):
@@ -144,13 +158,39 @@ def decode_aggregate(raw: bytes | None) -> list[tuple]:
 
 def aggregates_arrow(rows: list[tuple]) -> pa.Table:
     cols = list(zip(*rows, strict=True)) if rows else [[] for _ in AGGREGATE_FIELDS]
-    types = [pa.string(), pa.string(), pa.string(), pa.uint32(), MS, MS, pa.uint64(), pa.float64(), pa.float64(),
-             pa.float64(), pa.float64(), pa.uint32()]
+    types = [
+        pa.string(),
+        pa.string(),
+        pa.string(),
+        pa.uint32(),
+        MS,
+        MS,
+        pa.uint64(),
+        pa.float64(),
+        pa.float64(),
+        pa.float64(),
+        pa.float64(),
+        pa.uint32(),
+    ]
     return pa.table({name: pa.array(col, t) for name, col, t in zip(AGGREGATE_FIELDS, cols, types, strict=True)})
 
 
-ALERT_FIELDS = ["alert_id", "device_id", "device_type", "metric", "rule", "severity", "state", "value",
-                "expected_min", "expected_max", "first_seen", "last_seen", "resolved_at", "message"]
+ALERT_FIELDS = [
+    "alert_id",
+    "device_id",
+    "device_type",
+    "metric",
+    "rule",
+    "severity",
+    "state",
+    "value",
+    "expected_min",
+    "expected_max",
+    "first_seen",
+    "last_seen",
+    "resolved_at",
+    "message",
+]
 
 
 def decode_alert(raw: bytes | None) -> list[tuple]:
@@ -260,8 +300,15 @@ class ClickHouseSink:
     # --- ClickHouse calls (sync, run in a thread) ---
 
     def _insert(self, table: str, data: pa.Table, token: str | None) -> None:
-        settings = {"insert_deduplicate": 1, "insert_deduplication_token": token,
-                    "deduplicate_blocks_in_dependent_materialized_views": 1} if token else None
+        settings = (
+            {
+                "insert_deduplicate": 1,
+                "insert_deduplication_token": token,
+                "deduplicate_blocks_in_dependent_materialized_views": 1,
+            }
+            if token
+            else None
+        )
         self.client.insert_arrow(table, data, settings=settings)
 
     def _insert_block(self, block: Block, allow_total_reject: bool) -> list[tuple[Record, str]]:
@@ -290,8 +337,9 @@ class ClickHouseSink:
                 return ok_left or ok_right
 
         try:
-            self._insert(block.target.table, block.target.to_arrow([row for r in block.records for row in r.rows]),
-                         block.token)
+            self._insert(
+                block.target.table, block.target.to_arrow([row for r in block.records for row in r.rows]), block.token
+            )
             return []
         except OperationalError:
             raise
@@ -304,8 +352,11 @@ class ClickHouseSink:
 
     def _write_plans(self, plans: list[tuple[TopicPartition, Plan]]) -> None:
         rows = [[self.settings.sink_group, tp.topic, tp.partition, p.first, p.last, p.token] for tp, p in plans]
-        self.client.insert(f"{self.database}.sink_plans", rows,
-                           column_names=["group_id", "topic", "partition", "first_offset", "last_offset", "token"])
+        self.client.insert(
+            f"{self.database}.sink_plans",
+            rows,
+            column_names=["group_id", "topic", "partition", "first_offset", "last_offset", "token"],
+        )
 
     def _read_plans(self, tps: list[TopicPartition]) -> dict[TopicPartition, Plan]:
         result = self.client.query(
@@ -313,7 +364,8 @@ class ClickHouseSink:
             "argMax(last_offset, (created, last_offset)), argMax(token, (created, last_offset)) "
             f"FROM {self.database}.sink_plans WHERE group_id = {{g:String}} "
             "AND topic IN {topics:Array(String)} GROUP BY topic, partition",
-            parameters={"g": self.settings.sink_group, "topics": sorted({tp.topic for tp in tps})})
+            parameters={"g": self.settings.sink_group, "topics": sorted({tp.topic for tp in tps})},
+        )
         wanted = set(tps)
         out = {}
         for topic, partition, first, last, token in result.result_rows:
@@ -382,8 +434,16 @@ class ClickHouseSink:
             rows, reason = target.decode(message.value), None
         except Rejected as exc:
             rows, reason = [], str(exc)
-        record = Record(message.topic, message.partition, message.offset, message.timestamp, message.key,
-                        message.value, rows, reason)
+        record = Record(
+            message.topic,
+            message.partition,
+            message.offset,
+            message.timestamp,
+            message.key,
+            message.value,
+            rows,
+            reason,
+        )
         if not any(b.records for b in self._buffers.values()):
             self._oldest = time.monotonic()
         buffer = self._buffers.setdefault(tp, Buffer())
@@ -444,8 +504,9 @@ class ClickHouseSink:
                 allow = attempts >= 4 and self._healthy()
                 return self._insert_block(block, allow_total_reject=allow)
 
-            dead.extend(await self._retrying(f"insert of {len(block.records)} records into {block.target.table}",
-                                             write))
+            dead.extend(
+                await self._retrying(f"insert of {len(block.records)} records into {block.target.table}", write)
+            )
         if dead:
             await self._dead_letter(dead)
         offsets = {tp: self._buffers[tp].last + 1 for tp in tps}
@@ -475,19 +536,30 @@ class ClickHouseSink:
                 log.warning("rewind after failed commit deferred to the rebalance (%s)", rewind_error)
             return
         self.rows_written += rows
-        self.readings_written += sum(len({row[5] for row in r.rows}) for b in blocks if b.target.per_partition
-                                     for r in b.records if r.reason is None)
+        self.readings_written += sum(
+            len({row[5] for row in r.rows})
+            for b in blocks
+            if b.target.per_partition
+            for r in b.records
+            if r.reason is None
+        )
         self.batches_written += 1
         log.debug("committed")
 
     async def _dead_letter(self, dead: list[tuple[Record, str]]) -> None:
         futures = []
         for record, reason in dead:
-            headers = [("reason", reason.encode()[:1000]), ("source_topic", record.topic.encode()),
-                       ("source_partition", str(record.partition).encode()),
-                       ("source_offset", str(record.offset).encode())]
-            futures.append(await self._producer.send(self.settings.topic_sink_deadletter, record.value,
-                                                     key=record.key, headers=headers))
+            headers = [
+                ("reason", reason.encode()[:1000]),
+                ("source_topic", record.topic.encode()),
+                ("source_partition", str(record.partition).encode()),
+                ("source_offset", str(record.offset).encode()),
+            ]
+            futures.append(
+                await self._producer.send(
+                    self.settings.topic_sink_deadletter, record.value, key=record.key, headers=headers
+                )
+            )
         await asyncio.gather(*futures)
         self.dead_lettered += len(dead)
         log.warning("dead-lettered %d records (first reason: %s)", len(dead), dead[0][1])

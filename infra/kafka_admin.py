@@ -29,8 +29,7 @@ async def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         created = []
         for topic in wanted:
             try:
-                await admin.create_topics([NewTopic(topic.name, topic.partitions,
-                                                    settings.kafka_replication)])
+                await admin.create_topics([NewTopic(topic.name, topic.partitions, settings.kafka_replication)])
                 created.append(topic.name)
             except TopicAlreadyExistsError:
                 pass

@@ -100,37 +100,71 @@ class LocalStack:
         redis_dir = self.run_dir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
         return [
-            Program("mosquitto", [str(bins["mosquitto"]), "-c", str(mosquitto_conf)], SERVICES_GROUP,
-                    priority=10),
-            Program("redis", [str(bins["redis-server"]), "--port", str(ep["redis"].port),
-                              "--bind", ep["redis"].host, "--save", "", "--appendonly", "yes",
-                              "--appendfsync", "everysec",
-                              "--dir", str(redis_dir), "--daemonize", "no"], SERVICES_GROUP, priority=10),
-            Program("kafka", broker_command(ep["kafka"].host, ep["kafka"].port), SERVICES_GROUP,
-                    priority=10),
+            Program("mosquitto", [str(bins["mosquitto"]), "-c", str(mosquitto_conf)], SERVICES_GROUP, priority=10),
+            Program(
+                "redis",
+                [
+                    str(bins["redis-server"]),
+                    "--port",
+                    str(ep["redis"].port),
+                    "--bind",
+                    ep["redis"].host,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                    "--dir",
+                    str(redis_dir),
+                    "--daemonize",
+                    "no",
+                ],
+                SERVICES_GROUP,
+                priority=10,
+            ),
+            Program("kafka", broker_command(ep["kafka"].host, ep["kafka"].port), SERVICES_GROUP, priority=10),
         ]
 
     def _pipeline_programs(self, simulate_args: list[str], gateways: int = 1, workers: int = 1) -> list[Program]:
         env = settings_env(self.settings)
-        iotp = [sys.executable, "-m", "iotp"]
+        iotp = [sys.executable, "-m", "iotp_cli"]
         programs = []
         for i in range(gateways):
             # A stable client id per instance: its persistent MQTT session survives a restart.
-            programs.append(Program(
-                f"gateway-{i}", [*iotp, "gateway", "--client-id", f"iotp-gateway-{i}",
-                                 "--metrics-port", str(self.settings.gateway_metrics_port + i)],
-                PIPELINE_GROUP, autostart=False, env=env, priority=20))
+            programs.append(
+                Program(
+                    f"gateway-{i}",
+                    [
+                        *iotp,
+                        "gateway",
+                        "--client-id",
+                        f"iotp-gateway-{i}",
+                        "--metrics-port",
+                        str(self.settings.gateway_metrics_port + i),
+                    ],
+                    PIPELINE_GROUP,
+                    autostart=False,
+                    env=env,
+                    priority=20,
+                )
+            )
         for i in range(workers):
-            programs.append(Program(f"stream-{i}", [*iotp, "stream"], PIPELINE_GROUP, autostart=False, env=env,
-                                    priority=20))
+            programs.append(
+                Program(f"stream-{i}", [*iotp, "stream"], PIPELINE_GROUP, autostart=False, env=env, priority=20)
+            )
         programs.append(Program("api", [*iotp, "api"], PIPELINE_GROUP, autostart=False, env=env, priority=30))
-        programs.append(Program("simulator", [*iotp, "simulate", *simulate_args], PIPELINE_GROUP,
-                                autostart=False, env=env, priority=40))
+        programs.append(
+            Program(
+                "simulator", [*iotp, "simulate", *simulate_args], PIPELINE_GROUP, autostart=False, env=env, priority=40
+            )
+        )
         return programs
 
     # ------------------------------------------------------------ lifecycle
-    def up(self, simulate_args: list[str] | None = None, timeout: float = 30.0, gateways: int = 1,
-           workers: int = 1) -> None:
+    def up(
+        self, simulate_args: list[str] | None = None, timeout: float = 30.0, gateways: int = 1, workers: int = 1
+    ) -> None:
         """Start the services (and the pipeline when ``simulate_args`` is given) and wait for them."""
         if not self.supervisor.running():
             taken = [e for e in self.endpoints() if port_open(e.host, e.port)]
@@ -138,7 +172,8 @@ class LocalStack:
                 names = ", ".join(f"{e.name} {e.host}:{e.port}" for e in taken)
                 raise StackError(
                     f"port already in use by another process: {names}. Stop that process or choose "
-                    "other ports (IOTP_MQTT_PORT, IOTP_REDIS_URL, IOTP_KAFKA_BOOTSTRAP).")
+                    "other ports (IOTP_MQTT_PORT, IOTP_REDIS_URL, IOTP_KAFKA_BOOTSTRAP)."
+                )
         programs = self._service_programs()
         programs += self._pipeline_programs(simulate_args or [], gateways, workers)
         self.supervisor.write_config(programs)
@@ -165,14 +200,16 @@ class LocalStack:
                     return
             except httpx.HTTPError:
                 pass
-            failed = [p["name"] for p in self.supervisor.processes()
-                      if p["group"] == PIPELINE_GROUP and p["statename"] in ("FATAL", "BACKOFF")]
+            failed = [
+                p["name"]
+                for p in self.supervisor.processes()
+                if p["group"] == PIPELINE_GROUP and p["statename"] in ("FATAL", "BACKOFF")
+            ]
             if failed:
                 logs = ", ".join(str(self.supervisor.log_dir / f"{n}.log") for n in failed)
                 raise StackError(f"{', '.join(failed)} keep crashing; see {logs}")
             time.sleep(0.5)
-        raise StackError(f"dashboard API not ready within {timeout:.0f}s; see "
-                         f"{self.supervisor.log_dir / 'api.log'}")
+        raise StackError(f"dashboard API not ready within {timeout:.0f}s; see {self.supervisor.log_dir / 'api.log'}")
 
     def down(self) -> None:
         self.supervisor.shutdown()
@@ -183,10 +220,15 @@ class LocalStack:
         rows = []
         for info in self.supervisor.processes():
             endpoint = ports.get(info["name"])
-            rows.append({
-                "name": info["name"], "group": info["group"], "state": info["statename"],
-                "pid": info["pid"] or None, "description": info["description"],
-                "endpoint": f"{endpoint.host}:{endpoint.port}" if endpoint else "",
-                "answers": port_open(endpoint.host, endpoint.port) if endpoint else None,
-            })
+            rows.append(
+                {
+                    "name": info["name"],
+                    "group": info["group"],
+                    "state": info["statename"],
+                    "pid": info["pid"] or None,
+                    "description": info["description"],
+                    "endpoint": f"{endpoint.host}:{endpoint.port}" if endpoint else "",
+                    "answers": port_open(endpoint.host, endpoint.port) if endpoint else None,
+                }
+            )
         return rows

@@ -50,12 +50,23 @@ class Supervisor:
     def write_config(self, programs: list[Program]) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         lines = [
-            "[unix_http_server]", f"file={self.sock}", "",
-            "[supervisord]", f"logfile={self.log_dir / 'supervisord.log'}", f"pidfile={self.pidfile}",
-            f"directory={Path.cwd()}", "nodaemon=false", "silent=true", "minfds=4096", "",
+            "[unix_http_server]",
+            f"file={self.sock}",
+            "",
+            "[supervisord]",
+            f"logfile={self.log_dir / 'supervisord.log'}",
+            f"pidfile={self.pidfile}",
+            f"directory={Path.cwd()}",
+            "nodaemon=false",
+            "silent=true",
+            "minfds=4096",
+            "",
             "[rpcinterface:supervisor]",
-            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
-            "[supervisorctl]", f"serverurl=unix://{self.sock}", "",
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+            "",
+            "[supervisorctl]",
+            f"serverurl=unix://{self.sock}",
+            "",
         ]
         groups: dict[str, list[str]] = {}
         for prog in programs:
@@ -64,11 +75,18 @@ class Supervisor:
                 f"[program:{prog.name}]",
                 f"command={shlex.join(prog.command)}",
                 f"autostart={'true' if prog.autostart else 'false'}",
-                "autorestart=true", "startsecs=1", "startretries=5",
-                f"priority={prog.priority}", f"stopwaitsecs={prog.stopwaitsecs}",
-                "stopsignal=TERM", "stopasgroup=true", "killasgroup=true",
-                "redirect_stderr=true", f"stdout_logfile={self.log_dir / (prog.name + '.log')}",
-                "stdout_logfile_maxbytes=20MB", "stdout_logfile_backups=2",
+                "autorestart=true",
+                "startsecs=1",
+                "startretries=5",
+                f"priority={prog.priority}",
+                f"stopwaitsecs={prog.stopwaitsecs}",
+                "stopsignal=TERM",
+                "stopasgroup=true",
+                "killasgroup=true",
+                "redirect_stderr=true",
+                f"stdout_logfile={self.log_dir / (prog.name + '.log')}",
+                "stdout_logfile_maxbytes=20MB",
+                "stdout_logfile_backups=2",
             ]
             if prog.env:
                 lines.append(f"environment={_env_line(prog.env)}")

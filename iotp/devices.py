@@ -39,4 +39,3 @@ DEVICE_TYPES: dict[str, dict[str, MetricSpec]] = {
         "frequency": MetricSpec("Hz", 40.0, 70.0, 49.8, 50.2),
     },
 }
-

@@ -10,8 +10,14 @@ import paho.mqtt.client as mqtt
 from iotp.settings import Settings
 
 
-def make_client(settings: Settings, client_id: str | None = None, *, clean_start: bool = True,
-                manual_ack: bool = False, max_inflight: int = 1000) -> mqtt.Client:
+def make_client(
+    settings: Settings,
+    client_id: str | None = None,
+    *,
+    clean_start: bool = True,
+    manual_ack: bool = False,
+    max_inflight: int = 1000,
+) -> mqtt.Client:
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id or f"iotp-{uuid.uuid4().hex[:12]}",
@@ -23,8 +29,9 @@ def make_client(settings: Settings, client_id: str | None = None, *, clean_start
     if settings.mqtt_username:
         client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
     if settings.mqtt_tls:
-        client.tls_set(ca_certs=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
-                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.tls_set(
+            ca_certs=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT
+        )
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     client._iotp_clean_start = clean_start  # read by connect()
     return client
@@ -38,5 +45,10 @@ def connect(client: mqtt.Client, settings: Settings, session_expiry_s: int = 0) 
     props = Properties(PacketTypes.CONNECT)
     if session_expiry_s:
         props.SessionExpiryInterval = session_expiry_s
-    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30,
-                   clean_start=getattr(client, "_iotp_clean_start", True), properties=props)
+    client.connect(
+        settings.mqtt_host,
+        settings.mqtt_port,
+        keepalive=30,
+        clean_start=getattr(client, "_iotp_clean_start", True),
+        properties=props,
+    )

@@ -23,8 +23,9 @@ log = logging.getLogger("iotp.mqtt")
 
 
 class AsyncioMqtt:
-    def __init__(self, client: mqtt.Client, connect: Callable[[], None], *, min_backoff: float = 0.5,
-                 max_backoff: float = 30.0) -> None:
+    def __init__(
+        self, client: mqtt.Client, connect: Callable[[], None], *, min_backoff: float = 0.5, max_backoff: float = 30.0
+    ) -> None:
         """``connect`` performs the (blocking, short) ``client.connect(...)`` call with its properties."""
         self.client = client
         self._connect = connect

@@ -87,8 +87,7 @@ class ReadingBatch(BaseModel):
 
 def encode_batch(device_id: str, device_type: str, readings: list[dict]) -> bytes:
     """Fast path used by the gateway: readings are dicts already shaped like NormalizedReading."""
-    return orjson.dumps({"v": SCHEMA_VERSION, "device_id": device_id, "device_type": device_type,
-                         "readings": readings})
+    return orjson.dumps({"v": SCHEMA_VERSION, "device_id": device_id, "device_type": device_type, "readings": readings})
 
 
 class WindowAggregate(BaseModel):

@@ -39,8 +39,11 @@ class Settings(BaseSettings):
     kafka_compression: str | None = Field("lz4", description="none|gzip|snappy|lz4|zstd")
     kafka_idempotence: bool = Field(False, description="Enable on real Kafka; the local broker rejects it")
     kafka_fetch_max_wait_ms: int = Field(
-        100, ge=1, description="How long a consumer fetch may wait for data. The local broker holds every fetch "
-                               "this long (it does not answer at fetch_min_bytes), so it adds to latency")
+        100,
+        ge=1,
+        description="How long a consumer fetch may wait for data. The local broker holds every fetch "
+        "this long (it does not answer at fetch_min_bytes), so it adds to latency",
+    )
     topic_readings: str = "iotp.readings"
     topic_deadletter: str = "iotp.readings.dlq"
     topic_aggregates: str = "iotp.aggregates"
@@ -57,8 +60,12 @@ class Settings(BaseSettings):
 
     # --- Gateway ---
     gateway_max_inflight: int = Field(5000, ge=1, description="Readings awaiting a Kafka ack (backpressure)")
-    gateway_linger_ms: int = Field(200, ge=0, description="How long readings of one device are batched into one "
-                                   "Kafka record (Faust pays per record: see docs/performance.md)")
+    gateway_linger_ms: int = Field(
+        200,
+        ge=0,
+        description="How long readings of one device are batched into one "
+        "Kafka record (Faust pays per record: see docs/performance.md)",
+    )
     gateway_max_payload_bytes: int = Field(65536, ge=256)
     gateway_max_skew_s: float = Field(300.0, gt=0, description="Max distance of a reading ts from now")
     gateway_metrics_port: int = 9108
@@ -66,8 +73,9 @@ class Settings(BaseSettings):
     # --- Stream jobs (Faust) ---
     stream_app_id: str = "iotp-stream"
     stream_web_port: int = 6066
-    stream_windows_s: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [10, 60],
-                                                             description="e.g. 10,60 or [10, 60]")
+    stream_windows_s: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [10, 60], description="e.g. 10,60 or [10, 60]"
+    )
     stream_window_grace_s: float = 5.0
     stream_take_max: int = Field(500, ge=1, description="Records (device batches) per Faust take() batch")
     stream_take_within_s: float = Field(0.1, gt=0, description="Max wait to fill a take() batch")
@@ -82,8 +90,9 @@ class Settings(BaseSettings):
     api_token: str = Field("dev-token", description="Dev default; set IOTP_API_TOKEN in any shared setup")
     api_embedded_sink: bool = Field(True, description="Run the ClickHouse sink inside the API process")
     api_ws_queue: int = Field(1000, ge=1, description="Max frames pending per WebSocket client")
-    api_ws_coalesce_after: int = Field(100, ge=0, description="Pending frames after which a client gets only "
-                                       "the latest value per device")
+    api_ws_coalesce_after: int = Field(
+        100, ge=0, description="Pending frames after which a client gets only the latest value per device"
+    )
     api_ws_heartbeat_s: float = Field(10.0, gt=0, description="App-level heartbeat frame interval")
     api_ws_ping_s: float = Field(20.0, gt=0, description="WebSocket protocol ping interval")
     api_offline_after_s: float = Field(120.0, gt=0, description="Device shown offline when silent this long")

@@ -11,7 +11,7 @@ import typer
 def loadtest(
     rate: Annotated[float | None, typer.Option(help="One fixed rate (readings/s)")] = None,
     ramp: Annotated[str, typer.Option(help="Stepped ramp, readings/s, comma separated")] = "1000,2000,5000,10000,"
-                                                                                        "15000,20000",
+    "15000,20000",
     step_seconds: Annotated[float, typer.Option(help="Publishing time per step")] = 20.0,
     drain_seconds: Annotated[float, typer.Option(help="Max wait for the backlog after a step")] = 30.0,
     devices: Annotated[int, typer.Option(help="Devices (power meters: 5 metrics per reading)")] = 200,
@@ -20,7 +20,8 @@ def loadtest(
     qos: Annotated[int, typer.Option(min=0, max=1)] = 1,
     reference: Annotated[bool, typer.Option(help="Measure the raw broker and Kafka limits too")] = True,
     out: Annotated[Path, typer.Option(help="Output prefix: writes .json and .png")] = Path(
-        "benchmarks/results/loadtest"),
+        "benchmarks/results/loadtest"
+    ),
     pause_simulator: Annotated[bool, typer.Option(help="Stop the background simulator while testing")] = True,
 ) -> None:
     import platform
@@ -46,8 +47,16 @@ def loadtest(
         stack.supervisor.stop("simulator")
         pids.pop("simulator")
     rates = [rate] if rate else [float(x) for x in ramp.split(",") if x.strip()]
-    test = LoadTest(settings, devices=devices, workers=workers, batch=batch, qos=qos, step_s=step_seconds,
-                    drain_s=drain_seconds, pids=pids)
+    test = LoadTest(
+        settings,
+        devices=devices,
+        workers=workers,
+        batch=batch,
+        qos=qos,
+        step_s=step_seconds,
+        drain_s=drain_seconds,
+        pids=pids,
+    )
     test.log = console.print
     references = {}
     try:
@@ -63,16 +72,33 @@ def loadtest(
     print_table(console, results)
     process_table(console, results)
     best = max_sustainable(results)
-    console.print(f"maximum sustainable rate: [bold]{best or 'none'}[/] readings/s "
-                  f"({devices} devices, batch {batch}, QoS {qos})")
+    console.print(
+        f"maximum sustainable rate: [bold]{best or 'none'}[/] readings/s ({devices} devices, batch {batch}, QoS {qos})"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": psutil.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30),
-               "python": platform.python_version(), "platform": platform.platform()}
-    config = {"devices": devices, "workers": workers, "batch": batch, "qos": qos, "step_s": step_seconds,
-              "processes": sorted(pids), "gateways": sum(n.startswith("gateway") for n in pids),
-              "stream_workers": sum(n.startswith("stream") for n in pids)}
-    out.with_suffix(".json").write_bytes(to_json(results, {"machine": machine, "config": config,
-                                                           "reference": references}))
-    plot(results, out.with_suffix(".png"), f"iotp load test — {config['gateways']} gateway(s), "
-                                           f"{config['stream_workers']} stream worker(s), {devices} devices")
+    machine = {
+        "cpus": psutil.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    config = {
+        "devices": devices,
+        "workers": workers,
+        "batch": batch,
+        "qos": qos,
+        "step_s": step_seconds,
+        "processes": sorted(pids),
+        "gateways": sum(n.startswith("gateway") for n in pids),
+        "stream_workers": sum(n.startswith("stream") for n in pids),
+    }
+    out.with_suffix(".json").write_bytes(
+        to_json(results, {"machine": machine, "config": config, "reference": references})
+    )
+    plot(
+        results,
+        out.with_suffix(".png"),
+        f"iotp load test — {config['gateways']} gateway(s), "
+        f"{config['stream_workers']} stream worker(s), {devices} devices",
+    )
     console.print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")

@@ -17,8 +17,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from iotp.kafka import make_producer
 from iotp.settings import Settings
 
-PAYLOAD = (b'{"v":1,"device_id":"climate-00001","device_type":"climate","seq":1763800000000,'
-           b'"ts":1763800000123,"metrics":{"temperature":21.43,"humidity":41.02,"co2":612.5}}')
+PAYLOAD = (
+    b'{"v":1,"device_id":"climate-00001","device_type":"climate","seq":1763800000000,'
+    b'"ts":1763800000123,"metrics":{"temperature":21.43,"humidity":41.02,"co2":612.5}}'
+)
 
 
 def mqtt_c_clients(settings: Settings, messages: int = 200_000, qos: int = 0, timeout: float = 60.0) -> dict:
@@ -28,12 +30,14 @@ def mqtt_c_clients(settings: Settings, messages: int = 200_000, qos: int = 0, ti
         return {"error": "mosquitto-clients not installed"}
     topic = f"iotp-ref/{uuid.uuid4().hex[:8]}"
     common = ["-h", settings.mqtt_host, "-p", str(settings.mqtt_port), "-q", str(qos), "-t", topic]
-    subscriber = subprocess.Popen([sub, *common, "-C", str(messages), "-W", str(int(timeout))],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subscriber = subprocess.Popen(
+        [sub, *common, "-C", str(messages), "-W", str(int(timeout))], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     time.sleep(0.5)  # let the subscription reach the broker before the first publish
     started = time.perf_counter()
-    publisher = subprocess.run([pub, *common, "-l"], input=b"\n".join([PAYLOAD] * messages) + b"\n",
-                               capture_output=True, timeout=timeout)
+    publisher = subprocess.run(
+        [pub, *common, "-l"], input=b"\n".join([PAYLOAD] * messages) + b"\n", capture_output=True, timeout=timeout
+    )
     published = time.perf_counter()
     try:
         subscriber.wait(timeout)
@@ -41,9 +45,13 @@ def mqtt_c_clients(settings: Settings, messages: int = 200_000, qos: int = 0, ti
         subscriber.kill()
     done = time.perf_counter()
     ok = subscriber.returncode == 0 and publisher.returncode == 0
-    return {"messages": messages, "qos": qos, "complete": ok,
-            "publish_msgs_s": round(messages / (published - started)),
-            "end_to_end_msgs_s": round(messages / (done - started)) if ok else None}
+    return {
+        "messages": messages,
+        "qos": qos,
+        "complete": ok,
+        "publish_msgs_s": round(messages / (published - started)),
+        "end_to_end_msgs_s": round(messages / (done - started)) if ok else None,
+    }
 
 
 async def _bare_producer(settings: Settings, records: int, size: int) -> dict:

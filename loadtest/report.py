@@ -11,19 +11,43 @@ from loadtest.runner import StepResult
 
 
 def print_table(console: Console, results: list[StepResult]) -> None:
-    table = Table("offered/s", "published/s", "MQTT in", "Kafka in", "processed", "Redis", "stored",
-                  "Redis p50/p99 ms", "CH p50/p99 ms", "lost", "dup rows", "drain s", "ok", title="load test")
+    table = Table(
+        "offered/s",
+        "published/s",
+        "MQTT in",
+        "Kafka in",
+        "processed",
+        "Redis",
+        "stored",
+        "Redis p50/p99 ms",
+        "CH p50/p99 ms",
+        "lost",
+        "dup rows",
+        "drain s",
+        "ok",
+        title="load test",
+    )
     for r in results:
         rates = r.stage_rates
 
         def lat(d: dict) -> str:
             return f"{d.get('p50', '-')}/{d.get('p99', '-')}" if d else "-"
 
-        table.add_row(f"{r.offered:,.0f}", f"{r.publish_rate:,.0f}", f"{rates.get('mqtt_in', 0):,.0f}",
-                      f"{rates.get('kafka_in', 0):,.0f}", f"{rates.get('processed', 0):,.0f}",
-                      f"{rates.get('redis_visible', 0):,.0f}", f"{rates.get('stored', 0):,.0f}",
-                      lat(r.redis_latency_ms), lat(r.clickhouse_latency_ms), str(r.lost), str(r.duplicates),
-                      f"{r.drain_s:.1f}", "[green]yes[/]" if r.sustainable else "[red]no[/]")
+        table.add_row(
+            f"{r.offered:,.0f}",
+            f"{r.publish_rate:,.0f}",
+            f"{rates.get('mqtt_in', 0):,.0f}",
+            f"{rates.get('kafka_in', 0):,.0f}",
+            f"{rates.get('processed', 0):,.0f}",
+            f"{rates.get('redis_visible', 0):,.0f}",
+            f"{rates.get('stored', 0):,.0f}",
+            lat(r.redis_latency_ms),
+            lat(r.clickhouse_latency_ms),
+            str(r.lost),
+            str(r.duplicates),
+            f"{r.drain_s:.1f}",
+            "[green]yes[/]" if r.sustainable else "[red]no[/]",
+        )
     console.print(table)
 
 
@@ -48,8 +72,13 @@ def plot(results: list[StepResult], path: Path, title: str) -> None:
     offered = [r.offered for r in results]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     ax1.plot(offered, offered, "k--", linewidth=1, label="offered")
-    for stage, label in [("mqtt_in", "MQTT in"), ("kafka_in", "Kafka in"), ("processed", "stream processed"),
-                         ("redis_visible", "visible in Redis"), ("stored", "stored in ClickHouse")]:
+    for stage, label in [
+        ("mqtt_in", "MQTT in"),
+        ("kafka_in", "Kafka in"),
+        ("processed", "stream processed"),
+        ("redis_visible", "visible in Redis"),
+        ("stored", "stored in ClickHouse"),
+    ]:
         ax1.plot(offered, [r.stage_rates.get(stage, 0) for r in results], marker="o", label=label)
     ax1.set_xlabel("offered readings/s")
     ax1.set_ylabel("achieved readings/s")
@@ -60,8 +89,13 @@ def plot(results: list[StepResult], path: Path, title: str) -> None:
         for q, style in (("p50", "-"), ("p99", "--")):
             values = [getattr(r, key).get(q) for r in results]
             if any(v is not None for v in values):
-                ax2.plot(offered, [v if v is not None else float("nan") for v in values], style, marker="o",
-                         label=f"{label} {q}")
+                ax2.plot(
+                    offered,
+                    [v if v is not None else float("nan") for v in values],
+                    style,
+                    marker="o",
+                    label=f"{label} {q}",
+                )
     ax2.set_yscale("log")
     ax2.set_xlabel("offered readings/s")
     ax2.set_ylabel("latency ms (log)")

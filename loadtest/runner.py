@@ -75,8 +75,14 @@ def percentiles(values: list[float]) -> dict[str, float]:
     def q(p: float) -> float:
         return round(values[min(len(values) - 1, int(p * len(values)))], 1)
 
-    return {"p50": q(0.50), "p95": q(0.95), "p99": q(0.99), "max": round(values[-1], 1),
-            "mean": round(statistics.fmean(values), 1), "n": len(values)}
+    return {
+        "p50": q(0.50),
+        "p95": q(0.95),
+        "p99": q(0.99),
+        "max": round(values[-1], 1),
+        "mean": round(statistics.fmean(values), 1),
+        "n": len(values),
+    }
 
 
 @dataclass
@@ -98,19 +104,37 @@ class LoadTest:
         self.redis = redis.Redis.from_url(self.settings.redis_url)
         self.counters = StageCounters(self.redis, self.names)
         self.tag = f"lt{uuid.uuid4().hex[:6]}"
-        self.api = httpx.Client(base_url=self.settings.api_url, timeout=30,
-                                headers={"Authorization": f"Bearer {self.settings.api_token}"})
+        self.api = httpx.Client(
+            base_url=self.settings.api_url, timeout=30, headers={"Authorization": f"Bearer {self.settings.api_token}"}
+        )
 
     # ----------------------------------------------------------------- steps
     def _publish(self, rate: float, prefix: str, workdir: Path) -> dict:
-        scenario = {"name": "loadtest", "fleet": {"devices": self.devices, "mix": self.mix, "id_prefix": prefix},
-                    "rate_per_s": rate, "duration_s": self.step_s, "qos": self.qos, "batch": self.batch,
-                    "anomalies": {"rate_per_device_hour": 0.0}}
+        scenario = {
+            "name": "loadtest",
+            "fleet": {"devices": self.devices, "mix": self.mix, "id_prefix": prefix},
+            "rate_per_s": rate,
+            "duration_s": self.step_s,
+            "qos": self.qos,
+            "batch": self.batch,
+            "anomalies": {"rate_per_device_hour": 0.0},
+        }
         scenario_file = workdir / f"{prefix}scenario.yaml"
         scenario_file.write_text(yaml.safe_dump(scenario))
         stats_file = workdir / f"{prefix}stats.json"
-        cmd = [sys.executable, "-m", "iotp", "simulate", "--scenario", str(scenario_file), "--workers",
-               str(self.workers), "--stats-json", str(stats_file), "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "iotp_cli",
+            "simulate",
+            "--scenario",
+            str(scenario_file),
+            "--workers",
+            str(self.workers),
+            "--stats-json",
+            str(stats_file),
+            "--quiet",
+        ]
         subprocess.run(cmd, check=True, timeout=self.step_s + 120, capture_output=True)
         return orjson.loads(stats_file.read_bytes())
 
@@ -194,8 +218,10 @@ class LoadTest:
                 self.log(f"step {index + 1}/{len(rates)}: {rate:.0f} readings/s for {self.step_s:.0f}s")
                 result = self.run_step(rate, index, Path(tmp))
                 results.append(result)
-                self.log(f"  published {result.publish_rate:.0f}/s, stored {result.stored}/{result.published}, "
-                         f"sustainable={result.sustainable} {'; '.join(result.notes)}")
+                self.log(
+                    f"  published {result.publish_rate:.0f}/s, stored {result.stored}/{result.published}, "
+                    f"sustainable={result.sustainable} {'; '.join(result.notes)}"
+                )
                 failures = 0 if result.sustainable else failures + 1
                 if failures >= stop_after_failures:
                     self.log("  two unsustainable steps in a row: stopping the ramp")
@@ -209,5 +235,7 @@ def max_sustainable(results: list[StepResult]) -> float | None:
 
 
 def to_json(results: list[StepResult], extra: dict) -> bytes:
-    return orjson.dumps({**extra, "steps": [asdict(r) for r in results],
-                         "max_sustainable_rate": max_sustainable(results)}, option=orjson.OPT_INDENT_2)
+    return orjson.dumps(
+        {**extra, "steps": [asdict(r) for r in results], "max_sustainable_rate": max_sustainable(results)},
+        option=orjson.OPT_INDENT_2,
+    )

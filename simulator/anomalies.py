@@ -63,11 +63,23 @@ import orjson
 from iotp.devices import DEVICE_TYPES, MetricSpec
 
 KINDS = ("spike", "drift", "flatline", "dropout", "noise", "out_of_range")
-DEFAULT_KIND_WEIGHTS: dict[str, float] = {"spike": 1.0, "drift": 1.0, "flatline": 1.0, "dropout": 1.0,
-                                          "noise": 1.0, "out_of_range": 0.5}
+DEFAULT_KIND_WEIGHTS: dict[str, float] = {
+    "spike": 1.0,
+    "drift": 1.0,
+    "flatline": 1.0,
+    "dropout": 1.0,
+    "noise": 1.0,
+    "out_of_range": 0.5,
+}
 # (min, max) duration in seconds of a random anomaly of each kind; 0 = one reading.
-DURATION_S: dict[str, tuple[float, float]] = {"spike": (0, 0), "out_of_range": (0, 0), "drift": (120, 600),
-                                              "flatline": (60, 300), "dropout": (30, 180), "noise": (30, 120)}
+DURATION_S: dict[str, tuple[float, float]] = {
+    "spike": (0, 0),
+    "out_of_range": (0, 0),
+    "drift": (120, 600),
+    "flatline": (60, 300),
+    "dropout": (30, 180),
+    "noise": (30, 120),
+}
 TRUTH_KEYS = ("device_id", "device_type", "metric", "kind", "start_ms", "end_ms", "params")
 
 
@@ -99,8 +111,15 @@ class Anomaly:
     params: dict[str, Any]
 
     def to_truth(self) -> dict[str, Any]:
-        return {"device_id": self.device_id, "device_type": self.device_type, "metric": self.metric,
-                "kind": self.kind, "start_ms": self.start_ms, "end_ms": self.end_ms, "params": self.params}
+        return {
+            "device_id": self.device_id,
+            "device_type": self.device_type,
+            "metric": self.metric,
+            "kind": self.kind,
+            "start_ms": self.start_ms,
+            "end_ms": self.end_ms,
+            "params": self.params,
+        }
 
 
 @dataclass
@@ -120,9 +139,15 @@ def _clip(value: float, spec: MetricSpec) -> float:
 
 
 class AnomalyInjector:
-    def __init__(self, seed: int | None = None, rate_per_device_hour: float = 0.0,
-                 kinds: Mapping[str, float] | None = None, schedule: list[ScheduledAnomaly] | None = None,
-                 start_ms: int = 0, truth_file: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        seed: int | None = None,
+        rate_per_device_hour: float = 0.0,
+        kinds: Mapping[str, float] | None = None,
+        schedule: list[ScheduledAnomaly] | None = None,
+        start_ms: int = 0,
+        truth_file: str | Path | None = None,
+    ) -> None:
         self.seed = seed
         self.rate_per_device_hour = max(0.0, rate_per_device_hour)
         weights = dict(kinds or DEFAULT_KIND_WEIGHTS)
@@ -144,8 +169,7 @@ class AnomalyInjector:
             items.sort(key=lambda pair: pair[0])
 
     # ----------------------------------------------------------------- public
-    def apply(self, device_id: str, device_type: str, ts_ms: int,
-              metrics: dict[str, float]) -> dict[str, float] | None:
+    def apply(self, device_id: str, device_type: str, ts_ms: int, metrics: dict[str, float]) -> dict[str, float] | None:
         state = self._state(device_id)
         active = state.active
         if active is not None and ts_ms > active.end_ms:
@@ -160,8 +184,9 @@ class AnomalyInjector:
             if active is not None:
                 self._finish(state, max(active.start_ms, ts_ms - 1))
             start = max(start_ms, ts_ms) if spec.kind in ("spike", "out_of_range") else start_ms
-            active = self._new(state, device_id, device_type, spec.kind, start,
-                               max(end_ms, start), spec.metric, dict(spec.params))
+            active = self._new(
+                state, device_id, device_type, spec.kind, start, max(end_ms, start), spec.metric, dict(spec.params)
+            )
         if active is None and self.rate_per_device_hour > 0 and self.kinds and state.last_ts is not None:
             dt_h = max(0, ts_ms - state.last_ts) / 3_600_000
             if state.rng.random() < 1.0 - math.exp(-self.rate_per_device_hour * dt_h):
@@ -193,8 +218,17 @@ class AnomalyInjector:
             state.scheduled = list(self._schedule.get(device_id, []))
         return state
 
-    def _new(self, state: _DeviceState, device_id: str, device_type: str, kind: str, start_ms: int,
-             end_ms: int, metric: str | None, params: dict[str, Any]) -> Anomaly:
+    def _new(
+        self,
+        state: _DeviceState,
+        device_id: str,
+        device_type: str,
+        kind: str,
+        start_ms: int,
+        end_ms: int,
+        metric: str | None,
+        params: dict[str, Any],
+    ) -> Anomaly:
         catalogue = DEVICE_TYPES[device_type]
         if kind == "dropout":
             metric = None
@@ -204,8 +238,9 @@ class AnomalyInjector:
             raise ValueError(f"{device_type} has no metric {metric!r}")
         rng = state.rng
         if kind in ("spike", "drift"):
-            params.setdefault("magnitude", round(rng.uniform(3.0, 6.0) if kind == "spike" else
-                                                 rng.uniform(1.5, 3.0), 3))
+            params.setdefault(
+                "magnitude", round(rng.uniform(3.0, 6.0) if kind == "spike" else rng.uniform(1.5, 3.0), 3)
+            )
         elif kind == "noise":
             assert metric is not None
             params.setdefault("sigma", round(rng.uniform(0.3, 0.8) * _width(catalogue[metric]), 4))
@@ -213,8 +248,7 @@ class AnomalyInjector:
         state.active = anomaly
         return anomaly
 
-    def _alter(self, state: _DeviceState, a: Anomaly, ts_ms: int,
-               metrics: dict[str, float]) -> dict[str, float] | None:
+    def _alter(self, state: _DeviceState, a: Anomaly, ts_ms: int, metrics: dict[str, float]) -> dict[str, float] | None:
         if a.kind == "dropout":
             return None
         assert a.metric is not None
@@ -244,8 +278,11 @@ class AnomalyInjector:
         else:  # out_of_range
             if "value" not in p:
                 span = spec.valid_max - spec.valid_min
-                p["value"] = round(spec.valid_max + 0.1 * span, 4) if spec.valid_max + 0.1 * span < 1e15 \
+                p["value"] = (
+                    round(spec.valid_max + 0.1 * span, 4)
+                    if spec.valid_max + 0.1 * span < 1e15
                     else round(spec.valid_min - 0.1 * span, 4)
+                )
             new = p["value"]
         altered = dict(metrics)
         altered[a.metric] = round(new, 4)

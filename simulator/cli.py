@@ -23,8 +23,9 @@ def simulate(
     devices: Annotated[int | None, typer.Option(help="Number of simulated devices")] = None,
     mix: Annotated[str | None, typer.Option(help="Type mix, e.g. climate=0.5,vibration=0.3,power=0.2")] = None,
     rate: Annotated[float | None, typer.Option(help="Total readings per second (fleet)")] = None,
-    interval: Annotated[float | None, typer.Option(help="Seconds between readings of one device "
-                                                         "(used when --rate is not given)")] = None,
+    interval: Annotated[
+        float | None, typer.Option(help="Seconds between readings of one device (used when --rate is not given)")
+    ] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds")] = None,
     count: Annotated[int | None, typer.Option(help="Stop after this many readings")] = None,
     seed: Annotated[int | None, typer.Option(help="Deterministic fleet, signals and anomalies")] = None,
@@ -33,11 +34,11 @@ def simulate(
     workers: Annotated[int, typer.Option(min=1, help="Publisher processes (the fleet is split)")] = 1,
     anomaly_rate: Annotated[float | None, typer.Option(help="Random anomalies per device-hour")] = None,
     truth_file: Annotated[Path | None, typer.Option(help="Write the anomaly ground truth (JSON Lines)")] = None,
-    malformed_fraction: Annotated[float | None, typer.Option(min=0, max=1,
-                                                             help="Fraction of broken payloads")] = None,
+    malformed_fraction: Annotated[float | None, typer.Option(min=0, max=1, help="Fraction of broken payloads")] = None,
     client_id: Annotated[str | None, typer.Option(help="MQTT client id (-w<N> appended per worker)")] = None,
-    persistent: Annotated[bool, typer.Option("--persistent/--clean", help="Persistent MQTT session "
-                                             "(needs a stable --client-id)")] = False,
+    persistent: Annotated[
+        bool, typer.Option("--persistent/--clean", help="Persistent MQTT session (needs a stable --client-id)")
+    ] = False,
     session_expiry: Annotated[int, typer.Option(help="Session expiry (s) of a persistent session")] = 3600,
     username: Annotated[str | None, typer.Option(help="MQTT username (else IOTP_MQTT_USERNAME)")] = None,
     password: Annotated[str | None, typer.Option(help="MQTT password (else IOTP_MQTT_PASSWORD)")] = None,
@@ -61,24 +62,42 @@ def simulate(
     console = Console(stderr=False)
     try:
         sc = load_scenario(scenario).with_overrides(
-            devices=devices, mix=_parse_mix(mix), rate_per_s=rate, interval_s=interval, duration_s=duration,
-            count=count, seed=seed, qos=qos, batch=batch, anomaly_rate=anomaly_rate,
-            malformed_fraction=malformed_fraction)
+            devices=devices,
+            mix=_parse_mix(mix),
+            rate_per_s=rate,
+            interval_s=interval,
+            duration_s=duration,
+            count=count,
+            seed=seed,
+            qos=qos,
+            batch=batch,
+            anomaly_rate=anomaly_rate,
+            malformed_fraction=malformed_fraction,
+        )
         if interval is not None and rate is None:
             sc = sc.model_copy(update={"rate_per_s": None})
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
     settings = get_settings()
-    updates = {k: v for k, v in dict(mqtt_username=username, mqtt_password=password, mqtt_tls=tls,
-                                     mqtt_ca_file=ca_file).items() if v is not None}
+    updates = {
+        k: v
+        for k, v in dict(mqtt_username=username, mqtt_password=password, mqtt_tls=tls, mqtt_ca_file=ca_file).items()
+        if v is not None
+    }
     if updates:
         settings = settings.model_copy(update=updates)
     if persistent and not client_id:
         client_id = f"iotp-sim-{sc.name}"
-    options = PublishOptions(qos=sc.qos, batch=sc.batch, malformed_fraction=sc.malformed_fraction,
-                             truth_file=str(truth_file) if truth_file else None, client_id=client_id,
-                             persistent=persistent, session_expiry_s=session_expiry)
+    options = PublishOptions(
+        qos=sc.qos,
+        batch=sc.batch,
+        malformed_fraction=sc.malformed_fraction,
+        truth_file=str(truth_file) if truth_file else None,
+        client_id=client_id,
+        persistent=persistent,
+        session_expiry_s=session_expiry,
+    )
     stop = threading.Event()
     if workers > 1:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -87,16 +106,24 @@ def simulate(
             signal.signal(sig, lambda *_: stop.set())
 
     if not quiet:
-        console.print(f"[bold]simulate[/] {sc.name}: {sc.fleet.devices} devices, target {sc.total_rate:g} "
-                      f"readings/s (every {sc.device_interval_s:g}s per device), batch {sc.batch}, "
-                      f"QoS {sc.qos}, {workers} worker(s) -> {settings.mqtt_host}:{settings.mqtt_port}")
+        console.print(
+            f"[bold]simulate[/] {sc.name}: {sc.fleet.devices} devices, target {sc.total_rate:g} "
+            f"readings/s (every {sc.device_interval_s:g}s per device), batch {sc.batch}, "
+            f"QoS {sc.qos}, {workers} worker(s) -> {settings.mqtt_host}:{settings.mqtt_port}"
+        )
     try:
         if quiet:
             stats = run_scenario(settings, sc, options, workers, stop=stop)
         else:
             with Live(progress_table(None), console=console, auto_refresh=False, transient=False) as live:
-                stats = run_scenario(settings, sc, options, workers,
-                                     on_tick=lambda s: live.update(progress_table(s), refresh=True), stop=stop)
+                stats = run_scenario(
+                    settings,
+                    sc,
+                    options,
+                    workers,
+                    on_tick=lambda s: live.update(progress_table(s), refresh=True),
+                    stop=stop,
+                )
                 live.update(progress_table(stats), refresh=True)
     except (ConnectionError, RuntimeError, OSError) as exc:
         console.print(f"[bold red]error:[/] {exc}")
@@ -105,6 +132,8 @@ def simulate(
     if stats_json:
         stats_json.write_bytes(orjson.dumps(stats.to_dict(), option=orjson.OPT_INDENT_2))
     if not stats.keeping_up:
-        console.print(f"[bold yellow]warning:[/] could not keep up: achieved {stats.achieved_rate:.1f} of "
-                      f"{stats.target_rate:.1f} readings/s (schedule {stats.behind_s:.1f}s behind). Use "
-                      "--workers, --batch, or a lower --rate.")
+        console.print(
+            f"[bold yellow]warning:[/] could not keep up: achieved {stats.achieved_rate:.1f} of "
+            f"{stats.target_rate:.1f} readings/s (schedule {stats.behind_s:.1f}s behind). Use "
+            "--workers, --batch, or a lower --rate."
+        )

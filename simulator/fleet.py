@@ -30,12 +30,19 @@ class Device:
 
     def reading_at(self, ts_ms: int) -> dict:
         self.seq += 1
-        return {"v": 1, "device_id": self.device_id, "device_type": self.device_type, "seq": self.seq,
-                "ts": ts_ms, "metrics": self.signal.sample(ts_ms / 1000)}
+        return {
+            "v": 1,
+            "device_id": self.device_id,
+            "device_type": self.device_type,
+            "seq": self.seq,
+            "ts": ts_ms,
+            "metrics": self.signal.sample(ts_ms / 1000),
+        }
 
 
-def build_fleet(count: int, seed: int | None = None, mix: dict[str, float] | None = None,
-                prefix: str = "", seq0: int | None = None) -> list[Device]:
+def build_fleet(
+    count: int, seed: int | None = None, mix: dict[str, float] | None = None, prefix: str = "", seq0: int | None = None
+) -> list[Device]:
     """``count`` devices with deterministic ids and signals for a given seed.
 
     Sequence numbers start after ``seq0``, by default the current epoch millisecond, so a restarted

@@ -49,19 +49,19 @@ class PublishOptions:
 
 @dataclass
 class PublishStats:
-    target_rate: float = 0.0      # readings/s
-    readings: int = 0             # readings generated (published, suppressed by dropout, or corrupted)
-    published: int = 0            # good readings published
-    confirmed: int = 0            # good readings whose message the broker acknowledged (QoS 1; = published at QoS 0)
+    target_rate: float = 0.0  # readings/s
+    readings: int = 0  # readings generated (published, suppressed by dropout, or corrupted)
+    published: int = 0  # good readings published
+    confirmed: int = 0  # good readings whose message the broker acknowledged (QoS 1; = published at QoS 0)
     unconfirmed_messages: int = 0  # QoS 1 messages still unacknowledged when the publisher gave up waiting
-    messages: int = 0             # MQTT messages published (good and malformed)
-    malformed: int = 0            # malformed messages published
-    suppressed: int = 0           # readings not published because the device was in a dropout
-    errors: int = 0               # publish calls the client refused
+    messages: int = 0  # MQTT messages published (good and malformed)
+    malformed: int = 0  # malformed messages published
+    suppressed: int = 0  # readings not published because the device was in a dropout
+    errors: int = 0  # publish calls the client refused
     reconnects: int = 0
-    behind_s: float = 0.0         # how far the schedule is behind the clock
+    behind_s: float = 0.0  # how far the schedule is behind the clock
     elapsed: float = 0.0
-    anomalies: int = 0            # anomalies recorded in the ground truth
+    anomalies: int = 0  # anomalies recorded in the ground truth
     workers: int = 1
     done: bool = False
     worker_rates: list[float] = field(default_factory=list)
@@ -89,9 +89,19 @@ class PublishStats:
     def merge(cls, parts: list[PublishStats]) -> PublishStats:
         total = cls(workers=len(parts))
         for p in parts:
-            for name in ("target_rate", "readings", "published", "confirmed", "unconfirmed_messages", "messages",
-                         "malformed", "suppressed",
-                         "errors", "reconnects", "anomalies"):
+            for name in (
+                "target_rate",
+                "readings",
+                "published",
+                "confirmed",
+                "unconfirmed_messages",
+                "messages",
+                "malformed",
+                "suppressed",
+                "errors",
+                "reconnects",
+                "anomalies",
+            ):
                 setattr(total, name, getattr(total, name) + getattr(p, name))
             total.behind_s = max(total.behind_s, p.behind_s)
             total.elapsed = max(total.elapsed, p.elapsed)
@@ -106,12 +116,21 @@ def _split_count(count: int | None, index: int, workers: int) -> int | None:
     return count // workers + (1 if index < count % workers else 0)
 
 
-def run_publisher(settings: Settings, devices: list[Device], rate: float, *, qos: int = 0,
-                  duration: float | None = None, count: int | None = None,
-                  on_tick: Callable[[PublishStats], None] | None = None,
-                  options: PublishOptions | None = None, injector: AnomalyInjector | None = None,
-                  stop: threading.Event | None = None, seed: int | None = None,
-                  tick_s: float = 1.0) -> PublishStats:
+def run_publisher(
+    settings: Settings,
+    devices: list[Device],
+    rate: float,
+    *,
+    qos: int = 0,
+    duration: float | None = None,
+    count: int | None = None,
+    on_tick: Callable[[PublishStats], None] | None = None,
+    options: PublishOptions | None = None,
+    injector: AnomalyInjector | None = None,
+    stop: threading.Event | None = None,
+    seed: int | None = None,
+    tick_s: float = 1.0,
+) -> PublishStats:
     """Publish ``devices`` round robin at ``rate`` readings/s until ``duration``/``count``/``stop``."""
     opts = options or PublishOptions(qos=qos)
     qos = opts.qos
@@ -150,8 +169,9 @@ def run_publisher(settings: Settings, devices: list[Device], rate: float, *, qos
     client.loop_start()
     if not connected.wait(15):
         client.loop_stop()
-        raise ConnectionError(f"MQTT broker {settings.mqtt_host}:{settings.mqtt_port} did not accept the "
-                              "connection within 15 s")
+        raise ConnectionError(
+            f"MQTT broker {settings.mqtt_host}:{settings.mqtt_port} did not accept the connection within 15 s"
+        )
 
     topics = {d.device_id: mqtt_topic(settings, d.device_type, d.device_id) for d in devices}
     device_interval_ms = 1000.0 * len(devices) / rate
@@ -164,8 +184,7 @@ def run_publisher(settings: Settings, devices: list[Device], rate: float, *, qos
     try:
         while not stop.is_set():
             now = time.monotonic()
-            if (duration is not None and now - started >= duration) or (count is not None and
-                                                                         stats.readings >= count):
+            if (duration is not None and now - started >= duration) or (count is not None and stats.readings >= count):
                 break
             if now < next_at:
                 time.sleep(min(next_at - now, 0.05))
@@ -234,39 +253,82 @@ def run_publisher(settings: Settings, devices: list[Device], rate: float, *, qos
 
 # ------------------------------------------------------------------ scenario runs (1..N workers)
 def _fleet_for(scenario: Scenario, seq0: int) -> list[Device]:
-    return build_fleet(scenario.fleet.devices, seed=scenario.seed, mix=scenario.fleet.mix,
-                       prefix=scenario.fleet.id_prefix, seq0=seq0)
+    return build_fleet(
+        scenario.fleet.devices, seed=scenario.seed, mix=scenario.fleet.mix, prefix=scenario.fleet.id_prefix, seq0=seq0
+    )
 
 
-def _run_part(settings: Settings, scenario: Scenario, options: PublishOptions, index: int, workers: int,
-              seq0: int, start_ms: int, stop: threading.Event,
-              on_tick: Callable[[PublishStats], None] | None, tick_s: float) -> PublishStats:
+def _run_part(
+    settings: Settings,
+    scenario: Scenario,
+    options: PublishOptions,
+    index: int,
+    workers: int,
+    seq0: int,
+    start_ms: int,
+    stop: threading.Event,
+    on_tick: Callable[[PublishStats], None] | None,
+    tick_s: float,
+) -> PublishStats:
     fleet = _fleet_for(scenario, seq0)
     mine = fleet[index::workers]
     if not mine:
         return PublishStats(done=True)
-    injector = AnomalyInjector(seed=scenario.seed, rate_per_device_hour=scenario.anomalies.rate_per_device_hour,
-                               kinds=scenario.anomalies.kinds, schedule=scenario.resolved_schedule(fleet),
-                               start_ms=start_ms, truth_file=options.truth_file)
+    injector = AnomalyInjector(
+        seed=scenario.seed,
+        rate_per_device_hour=scenario.anomalies.rate_per_device_hour,
+        kinds=scenario.anomalies.kinds,
+        schedule=scenario.resolved_schedule(fleet),
+        start_ms=start_ms,
+        truth_file=options.truth_file,
+    )
     opts = PublishOptions(**{**asdict(options)})
     if opts.client_id and workers > 1:
         opts.client_id = f"{opts.client_id}-w{index}"
     rate = scenario.total_rate * len(mine) / len(fleet)
-    return run_publisher(settings, mine, rate, duration=scenario.duration_s,
-                         count=_split_count(scenario.count, index, workers), on_tick=on_tick, options=opts,
-                         injector=injector, stop=stop, seed=scenario.seed, tick_s=tick_s)
+    return run_publisher(
+        settings,
+        mine,
+        rate,
+        duration=scenario.duration_s,
+        count=_split_count(scenario.count, index, workers),
+        on_tick=on_tick,
+        options=opts,
+        injector=injector,
+        stop=stop,
+        seed=scenario.seed,
+        tick_s=tick_s,
+    )
 
 
-def _worker_main(settings_json: str, scenario_json: str, options: dict, index: int, workers: int, seq0: int,
-                 start_ms: int, out: mp.Queue) -> None:
+def _worker_main(
+    settings_json: str,
+    scenario_json: str,
+    options: dict,
+    index: int,
+    workers: int,
+    seq0: int,
+    start_ms: int,
+    out: mp.Queue,
+) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     settings = Settings.model_validate_json(settings_json)
     scenario = Scenario.model_validate_json(scenario_json)
     try:
-        stats = _run_part(settings, scenario, PublishOptions(**options), index, workers, seq0, start_ms, stop,
-                          lambda s: out.put((index, s.to_dict())), tick_s=0.5)
+        stats = _run_part(
+            settings,
+            scenario,
+            PublishOptions(**options),
+            index,
+            workers,
+            seq0,
+            start_ms,
+            stop,
+            lambda s: out.put((index, s.to_dict())),
+            tick_s=0.5,
+        )
         out.put((index, stats.to_dict()))
     except Exception as exc:  # reported to the parent, which fails the run
         out.put((index, {"error": f"{type(exc).__name__}: {exc}"}))
@@ -276,9 +338,14 @@ def _stats_from(data: dict) -> PublishStats:
     return PublishStats(**{k: v for k, v in data.items() if k in PublishStats.__dataclass_fields__})
 
 
-def run_scenario(settings: Settings, scenario: Scenario, options: PublishOptions, workers: int = 1,
-                 on_tick: Callable[[PublishStats], None] | None = None,
-                 stop: threading.Event | None = None) -> PublishStats:
+def run_scenario(
+    settings: Settings,
+    scenario: Scenario,
+    options: PublishOptions,
+    workers: int = 1,
+    on_tick: Callable[[PublishStats], None] | None = None,
+    stop: threading.Event | None = None,
+) -> PublishStats:
     """Run the scenario with ``workers`` processes (1 = in this process); aggregated stats."""
     stop = stop or threading.Event()
     seq0 = int(time.time() * 1000)
@@ -291,9 +358,24 @@ def run_scenario(settings: Settings, scenario: Scenario, options: PublishOptions
 
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker_main, name=f"iotp-sim-{i}", daemon=True,
-                         args=(settings.model_dump_json(), scenario.model_dump_json(), asdict(options), i,
-                               workers, seq0, start_ms, out)) for i in range(workers)]
+    procs = [
+        ctx.Process(
+            target=_worker_main,
+            name=f"iotp-sim-{i}",
+            daemon=True,
+            args=(
+                settings.model_dump_json(),
+                scenario.model_dump_json(),
+                asdict(options),
+                i,
+                workers,
+                seq0,
+                start_ms,
+                out,
+            ),
+        )
+        for i in range(workers)
+    ]
     for p in procs:
         p.start()
     latest: dict[int, PublishStats] = {}

@@ -103,8 +103,7 @@ class Scenario(BaseModel):
                 if not 0 <= device < len(devices):
                     raise ValueError(f"schedule device index {device} outside the fleet of {len(devices)}")
                 device = devices[device].device_id
-            out.append(ScheduledAnomaly(device, item.kind, item.at_s, item.duration_s, item.metric,
-                                        dict(item.params)))
+            out.append(ScheduledAnomaly(device, item.kind, item.at_s, item.duration_s, item.metric, dict(item.params)))
         return out
 
     def with_overrides(self, **values: Any) -> Scenario:

@@ -17,7 +17,7 @@ class DeviceSignal:
     device_id: str
     device_type: str
     rng: random.Random
-    phase: float = 0.0           # shifts the daily cycle per device
+    phase: float = 0.0  # shifts the daily cycle per device
     base: dict[str, float] = field(default_factory=dict)
 
     def sample(self, t: float) -> dict[str, float]:
@@ -28,8 +28,7 @@ class DeviceSignal:
             temp = self.base["temperature"] + 3.0 * day + g(0, 0.15)
             return {
                 "temperature": round(temp, 3),
-                "humidity": round(self.base["humidity"] - 1.5 * (temp - self.base["temperature"])
-                                  + g(0, 0.5), 3),
+                "humidity": round(self.base["humidity"] - 1.5 * (temp - self.base["temperature"]) + g(0, 0.5), 3),
                 "co2": round(self.base["co2"] + 400.0 * occupancy + g(0, 8.0), 2),
             }
         if self.device_type == "vibration":
@@ -59,11 +58,13 @@ class DeviceSignal:
 
 def new_signal(device_id: str, device_type: str, rng: random.Random) -> DeviceSignal:
     if device_type == "climate":
-        base = {"temperature": rng.uniform(19, 24), "humidity": rng.uniform(35, 50),
-                "co2": rng.uniform(420, 600)}
+        base = {"temperature": rng.uniform(19, 24), "humidity": rng.uniform(35, 50), "co2": rng.uniform(420, 600)}
     elif device_type == "vibration":
-        base = {"rpm": rng.uniform(1500, 3000), "rms_velocity": rng.uniform(1.0, 3.0),
-                "bearing_temp": rng.uniform(35, 50)}
+        base = {
+            "rpm": rng.uniform(1500, 3000),
+            "rms_velocity": rng.uniform(1.0, 3.0),
+            "bearing_temp": rng.uniform(35, 50),
+        }
     elif device_type == "power":
         base = {"current": rng.uniform(10, 40)}
     else:

@@ -46,8 +46,9 @@ def emit(device: Device, ts_ms: int, injector: AnomalyInjector | None) -> dict |
 
 
 class GeneratedStream(Iterator[dict]):
-    def __init__(self, devices: list[Device], injector: AnomalyInjector, start_ms: int, duration_s: float,
-                 interval_s: float) -> None:
+    def __init__(
+        self, devices: list[Device], injector: AnomalyInjector, start_ms: int, duration_s: float, interval_s: float
+    ) -> None:
         self.devices = devices
         self.injector = injector
         self.start_ms = start_ms
@@ -84,24 +85,40 @@ class GeneratedStream(Iterator[dict]):
         return self.injector.truth
 
 
-def generate_readings(scenario_or_fleet: Scenario | str | Path | list[Device], start_ms: int,
-                      duration_s: float, seed: int | None = None, *, anomaly_rate: float | None = None,
-                      interval_s: float | None = None, truth_file: str | Path | None = None) -> GeneratedStream:
+def generate_readings(
+    scenario_or_fleet: Scenario | str | Path | list[Device],
+    start_ms: int,
+    duration_s: float,
+    seed: int | None = None,
+    *,
+    anomaly_rate: float | None = None,
+    interval_s: float | None = None,
+    truth_file: str | Path | None = None,
+) -> GeneratedStream:
     if isinstance(scenario_or_fleet, list):
         devices = scenario_or_fleet
         scenario = Scenario().with_overrides(devices=len(devices), anomaly_rate=anomaly_rate or 0.0)
         interval = interval_s or 1.0
         schedule = []
     else:
-        scenario = scenario_or_fleet if isinstance(scenario_or_fleet, Scenario) else \
-            load_scenario(scenario_or_fleet)
+        scenario = scenario_or_fleet if isinstance(scenario_or_fleet, Scenario) else load_scenario(scenario_or_fleet)
         scenario = scenario.with_overrides(anomaly_rate=anomaly_rate, seed=seed)
-        devices = build_fleet(scenario.fleet.devices, seed=scenario.seed, mix=scenario.fleet.mix,
-                              prefix=scenario.fleet.id_prefix, seq0=start_ms)
+        devices = build_fleet(
+            scenario.fleet.devices,
+            seed=scenario.seed,
+            mix=scenario.fleet.mix,
+            prefix=scenario.fleet.id_prefix,
+            seq0=start_ms,
+        )
         interval = interval_s or scenario.device_interval_s
         schedule = scenario.resolved_schedule(devices)
     run_seed = seed if seed is not None else scenario.seed
-    injector = AnomalyInjector(seed=run_seed, rate_per_device_hour=scenario.anomalies.rate_per_device_hour,
-                               kinds=scenario.anomalies.kinds, schedule=schedule, start_ms=start_ms,
-                               truth_file=truth_file)
+    injector = AnomalyInjector(
+        seed=run_seed,
+        rate_per_device_hour=scenario.anomalies.rate_per_device_hour,
+        kinds=scenario.anomalies.kinds,
+        schedule=schedule,
+        start_ms=start_ms,
+        truth_file=truth_file,
+    )
     return GeneratedStream(devices, injector, start_ms, duration_s, interval)

@@ -20,7 +20,8 @@ def progress_table(stats: PublishStats | None) -> Text:
     return Text.from_markup(
         f"[bold]{stats.elapsed:6.1f}s[/] sent {stats.readings:,} readings / {stats.messages:,} msgs  "
         f"rate {_rate_cell(stats)}  err {stats.errors}  reconn {stats.reconnects}  "
-        f"malformed {stats.malformed}  dropout {stats.suppressed}  anomalies {stats.anomalies}")
+        f"malformed {stats.malformed}  dropout {stats.suppressed}  anomalies {stats.anomalies}"
+    )
 
 
 def summary_table(stats: PublishStats) -> Table:
@@ -28,14 +29,23 @@ def summary_table(stats: PublishStats) -> Table:
     rows = [
         ("elapsed", f"{stats.elapsed:.2f}s"),
         ("target rate", f"{stats.target_rate:,.1f} readings/s"),
-        ("achieved rate", f"{stats.achieved_rate:,.1f} readings/s "
-                          f"({100 * stats.achieved_rate / stats.target_rate if stats.target_rate else 0:.1f}%)"),
+        (
+            "achieved rate",
+            f"{stats.achieved_rate:,.1f} readings/s "
+            f"({100 * stats.achieved_rate / stats.target_rate if stats.target_rate else 0:.1f}%)",
+        ),
         ("keeping up", "yes" if stats.keeping_up else f"[bold red]no, {stats.behind_s:.1f}s behind[/]"),
         ("readings generated", f"{stats.readings:,}"),
         ("readings published", f"{stats.published:,}"),
-        ("readings acknowledged by the broker", f"{stats.confirmed:,}"
-         + (f"  [bold red]({stats.unconfirmed_messages:,} messages never acknowledged)[/]"
-            if stats.unconfirmed_messages else "")),
+        (
+            "readings acknowledged by the broker",
+            f"{stats.confirmed:,}"
+            + (
+                f"  [bold red]({stats.unconfirmed_messages:,} messages never acknowledged)[/]"
+                if stats.unconfirmed_messages
+                else ""
+            ),
+        ),
         ("messages", f"{stats.messages:,}"),
         ("malformed messages", f"{stats.malformed:,}"),
         ("suppressed (dropout)", f"{stats.suppressed:,}"),

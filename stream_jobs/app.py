@@ -38,9 +38,18 @@ from stream_jobs.redis_state import RedisWriter
 
 log = logging.getLogger("iotp.stream")
 
-STAT_FIELDS = ("stream.records", "stream.readings", "stream.aggregates", "stream.alerts", "stream.late",
-               "stream.dropped_late", "stream.duplicates", "stream.out_of_order", "stream.replay_skipped",
-               "stream.invalid")
+STAT_FIELDS = (
+    "stream.records",
+    "stream.readings",
+    "stream.aggregates",
+    "stream.alerts",
+    "stream.late",
+    "stream.dropped_late",
+    "stream.duplicates",
+    "stream.out_of_order",
+    "stream.replay_skipped",
+    "stream.invalid",
+)
 
 
 class StreamJob:
@@ -52,12 +61,16 @@ class StreamJob:
         overrides = {}
         if settings.stream_silence_min_s is not None:
             overrides["silence_min_s"] = settings.stream_silence_min_s
-        self.engine = Engine(settings.stream_windows_s, settings.stream_window_grace_s,
-                             load_rules(settings.stream_rules_file, **overrides))
+        self.engine = Engine(
+            settings.stream_windows_s,
+            settings.stream_window_grace_s,
+            load_rules(settings.stream_rules_file, **overrides),
+        )
         self.topic = settings.topic_readings
         # from_url connects lazily, on the worker's event loop.
-        self.writer = RedisWriter(aioredis.from_url(settings.redis_url), redis_names(settings),
-                                  settings.stream_app_id, self.topic)
+        self.writer = RedisWriter(
+            aioredis.from_url(settings.redis_url), redis_names(settings), settings.stream_app_id, self.topic
+        )
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.readings_topic = app.topic(self.topic, **raw)
         self.lock = asyncio.Lock()
@@ -73,8 +86,12 @@ class StreamJob:
                 self.engine.drop_partition(partition)
             for partition in sorted(mine - set(self.engine.partitions)):
                 ps = self.engine.load_partition(partition, await self.writer.load(partition))
-                log.info("partition %d assigned: %d device states restored, next offset %d",
-                         partition, len(ps.devices), ps.next_offset)
+                log.info(
+                    "partition %d assigned: %d device states restored, next offset %d",
+                    partition,
+                    len(ps.devices),
+                    ps.next_offset,
+                )
             self.owned = mine
 
     async def on_revoked(self, revoked: set[TP]) -> None:
@@ -149,13 +166,26 @@ class StreamJob:
         futures = []
         # The producer directly (not Topic.send): Faust's channel machinery per message is the costly part.
         for agg in fx.aggregates:
-            futures.append(await producer.send(self.settings.topic_aggregates, agg["device_id"].encode(),
-                                               orjson.dumps(agg), None, None, None))
+            futures.append(
+                await producer.send(
+                    self.settings.topic_aggregates, agg["device_id"].encode(), orjson.dumps(agg), None, None, None
+                )
+            )
         for alert in fx.alerts:
-            futures.append(await producer.send(self.settings.topic_alerts, alert["device_id"].encode(),
-                                               orjson.dumps(alert), None, None, None))
-            log.info("alert %s %s %s %s/%s value=%s", alert["state"], alert["alert_id"], alert["rule"],
-                     alert["device_id"], alert["metric"], alert["value"])
+            futures.append(
+                await producer.send(
+                    self.settings.topic_alerts, alert["device_id"].encode(), orjson.dumps(alert), None, None, None
+                )
+            )
+            log.info(
+                "alert %s %s %s %s/%s value=%s",
+                alert["state"],
+                alert["alert_id"],
+                alert["rule"],
+                alert["device_id"],
+                alert["metric"],
+                alert["value"],
+            )
         if futures:
             await asyncio.gather(*futures)  # at-least-once: the outputs are on the broker before the acks
         await self.writer.write(fx, self.engine, now_ms())
@@ -166,8 +196,11 @@ class StreamJob:
         c = self.engine.counters
         increments = {name: c[name] - self.reported[name] for name in STAT_FIELDS}
         if increments["stream.dropped_late"]:
-            log.warning("%d readings dropped: their window had already closed (late beyond %.1fs grace)",
-                        increments["stream.dropped_late"], self.settings.stream_window_grace_s)
+            log.warning(
+                "%d readings dropped: their window had already closed (late beyond %.1fs grace)",
+                increments["stream.dropped_late"],
+                self.settings.stream_window_grace_s,
+            )
         lag = 0
         for partition in self.owned:
             hw = self._highwater(partition)

@@ -32,8 +32,14 @@ import yaml
 
 from iotp.devices import DEVICE_TYPES
 
-SEVERITY = {"threshold": "warning", "zscore": "warning", "drift": "warning", "rate_of_change": "info",
-            "flatline": "warning", "silence": "critical"}
+SEVERITY = {
+    "threshold": "warning",
+    "zscore": "warning",
+    "drift": "warning",
+    "rate_of_change": "info",
+    "flatline": "warning",
+    "silence": "critical",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,17 +106,28 @@ def load_rules(path: Path | str | None = None, **param_overrides) -> RuleSet:
             o = (overrides.get(device_type) or {}).get(metric) or {}
             lo, hi = o.get("min", spec.normal_min), o.get("max", spec.normal_max)
             metrics[(device_type, metric)] = MetricRule(
-                min=lo, max=hi, max_rate=o.get("max_rate"), severity=o.get("severity", "warning"),
-                zscore=o.get("zscore", True), drift=o.get("drift", True), flatline=o.get("flatline", True),
-                sigma_floor=o.get("sigma_floor", max(1e-6, 1e-3 * (hi - lo))))
+                min=lo,
+                max=hi,
+                max_rate=o.get("max_rate"),
+                severity=o.get("severity", "warning"),
+                zscore=o.get("zscore", True),
+                drift=o.get("drift", True),
+                flatline=o.get("flatline", True),
+                sigma_floor=o.get("sigma_floor", max(1e-6, 1e-3 * (hi - lo))),
+            )
     for device_type, specs in overrides.items():  # types/metrics the catalogue does not know
         for metric, o in (specs or {}).items():
             if (device_type, metric) not in metrics:
                 metrics[(device_type, metric)] = MetricRule(
-                    min=o.get("min"), max=o.get("max"), max_rate=o.get("max_rate"),
-                    severity=o.get("severity", "warning"), zscore=o.get("zscore", True),
-                    drift=o.get("drift", True), flatline=o.get("flatline", True),
-                    sigma_floor=o.get("sigma_floor", 1e-6))
+                    min=o.get("min"),
+                    max=o.get("max"),
+                    max_rate=o.get("max_rate"),
+                    severity=o.get("severity", "warning"),
+                    zscore=o.get("zscore", True),
+                    drift=o.get("drift", True),
+                    flatline=o.get("flatline", True),
+                    sigma_floor=o.get("sigma_floor", 1e-6),
+                )
     return RuleSet(params, metrics)
 
 
@@ -136,14 +153,32 @@ class Tracker:
         self.alert_id = ""
 
     def to_state(self) -> list:
-        return [self.is_open, self.bad, self.good, self.first, self.last, self.value, self.exp_min,
-                self.exp_max, self.alert_id]
+        return [
+            self.is_open,
+            self.bad,
+            self.good,
+            self.first,
+            self.last,
+            self.value,
+            self.exp_min,
+            self.exp_max,
+            self.alert_id,
+        ]
 
     @classmethod
     def from_state(cls, state: list) -> Tracker:
         self = cls()
-        (self.is_open, self.bad, self.good, self.first, self.last, self.value, self.exp_min, self.exp_max,
-         self.alert_id) = state
+        (
+            self.is_open,
+            self.bad,
+            self.good,
+            self.first,
+            self.last,
+            self.value,
+            self.exp_min,
+            self.exp_max,
+            self.alert_id,
+        ) = state
         return self
 
 
@@ -151,8 +186,17 @@ class DeviceDetector:
     """All detectors of one device. Feed readings in sequence order with :meth:`observe`; call
     :meth:`check_silence` from a timer. Both return alert events (dicts shaped like ``Alert``)."""
 
-    __slots__ = ("device_id", "device_type", "interval_ms", "last_rx", "last_ts", "params", "rules",
-                 "stats", "trackers")
+    __slots__ = (
+        "device_id",
+        "device_type",
+        "interval_ms",
+        "last_rx",
+        "last_ts",
+        "params",
+        "rules",
+        "stats",
+        "trackers",
+    )
 
     def __init__(self, device_id: str, device_type: str, rules: RuleSet) -> None:
         self.device_id = device_id
@@ -167,9 +211,22 @@ class DeviceDetector:
         self.interval_ms = 0.0
 
     # ---- alert lifecycle ---------------------------------------------------------------------------
-    def _step(self, out: list, key: str, rule: str, metric: str | None, ts: int, bad: bool, ok: bool,
-              value: float | None, exp_min: float | None, exp_max: float | None, open_count: int = 1,
-              severity: str | None = None, first: int | None = None) -> None:
+    def _step(
+        self,
+        out: list,
+        key: str,
+        rule: str,
+        metric: str | None,
+        ts: int,
+        bad: bool,
+        ok: bool,
+        value: float | None,
+        exp_min: float | None,
+        exp_max: float | None,
+        open_count: int = 1,
+        severity: str | None = None,
+        first: int | None = None,
+    ) -> None:
         tr = self.trackers.get(key)
         if tr is None:
             if not bad:
@@ -198,14 +255,33 @@ class DeviceDetector:
         else:
             del self.trackers[key]  # a pending anomaly that never opened
 
-    def _event(self, tr: Tracker, rule: str, metric: str | None, state: str, severity: str | None,
-               resolved_at: int | None = None) -> dict:
+    def _event(
+        self,
+        tr: Tracker,
+        rule: str,
+        metric: str | None,
+        state: str,
+        severity: str | None,
+        resolved_at: int | None = None,
+    ) -> dict:
         what = f"{metric} " if metric else ""
-        return {"v": 1, "alert_id": tr.alert_id, "device_id": self.device_id, "device_type": self.device_type,
-                "metric": metric, "rule": rule, "severity": severity or SEVERITY.get(rule, "warning"),
-                "state": state, "value": tr.value, "expected_min": tr.exp_min, "expected_max": tr.exp_max,
-                "first_seen": tr.first, "last_seen": tr.last, "resolved_at": resolved_at,
-                "message": f"{rule} {what}{state}"}
+        return {
+            "v": 1,
+            "alert_id": tr.alert_id,
+            "device_id": self.device_id,
+            "device_type": self.device_type,
+            "metric": metric,
+            "rule": rule,
+            "severity": severity or SEVERITY.get(rule, "warning"),
+            "state": state,
+            "value": tr.value,
+            "expected_min": tr.exp_min,
+            "expected_max": tr.exp_max,
+            "first_seen": tr.first,
+            "last_seen": tr.last,
+            "resolved_at": resolved_at,
+            "message": f"{rule} {what}{state}",
+        }
 
     def open_alerts(self) -> list[dict]:
         out = []
@@ -255,8 +331,19 @@ class DeviceDetector:
                 severity = rule.severity
                 if bad and math.isfinite(width) and (x < lo - 0.25 * width or x > hi + 0.25 * width):
                     severity = "critical"
-                self._step(out, k_thr, "threshold", metric, ts, bad, lo + band <= x <= hi - band, x, rule.min,
-                           rule.max, severity=severity)
+                self._step(
+                    out,
+                    k_thr,
+                    "threshold",
+                    metric,
+                    ts,
+                    bad,
+                    lo + band <= x <= hi - band,
+                    x,
+                    rule.min,
+                    rule.max,
+                    severity=severity,
+                )
         if st is None:
             self.stats[metric] = [1, x, x, x, 0.0, x, ts, 0, ts]
             return
@@ -279,39 +366,81 @@ class DeviceDetector:
             bad = flat_run + 1 >= p.flatline_count
             if bad or k_flat in trackers:
                 # the alert starts at the first of the identical readings
-                self._step(out, k_flat, "flatline", metric, ts, bad, flat_run == 0, x, None, None,
-                           first=flat_first if bad else None)
+                self._step(
+                    out,
+                    k_flat,
+                    "flatline",
+                    metric,
+                    ts,
+                    bad,
+                    flat_run == 0,
+                    x,
+                    None,
+                    None,
+                    first=flat_first if bad else None,
+                )
         # rate of change
         if rule.max_rate is not None:
             rate = abs(x - prev_x) / dt
             bad = rate > rule.max_rate
             if bad or k_rate in trackers:
-                self._step(out, k_rate, "rate_of_change", metric, ts, bad, rate <= rule.max_rate * 0.8,
-                           x, -rule.max_rate, rule.max_rate)
+                self._step(
+                    out,
+                    k_rate,
+                    "rate_of_change",
+                    metric,
+                    ts,
+                    bad,
+                    rate <= rule.max_rate * 0.8,
+                    x,
+                    -rule.max_rate,
+                    rule.max_rate,
+                )
         if warm:
             # z-score against the EWMA level
             if rule.zscore:
                 z = abs(x - level) / sigma
                 bad = z > p.z_open
                 if bad or k_z in trackers:
-                    self._step(out, k_z, "zscore", metric, ts, bad, z < p.z_clear, x,
-                               level - p.z_open * sigma, level + p.z_open * sigma)
+                    self._step(
+                        out,
+                        k_z,
+                        "zscore",
+                        metric,
+                        ts,
+                        bad,
+                        z < p.z_clear,
+                        x,
+                        level - p.z_open * sigma,
+                        level + p.z_open * sigma,
+                    )
             # drift: smoothed level against slow baseline
             if rule.drift:
                 d = abs(dlevel - base) / sigma
                 bad = d > p.drift_open
                 if bad or k_drift in trackers:
-                    self._step(out, k_drift, "drift", metric, ts, bad, d < p.drift_clear, dlevel,
-                               base - p.drift_open * sigma, base + p.drift_open * sigma,
-                               open_count=p.drift_open_count)
+                    self._step(
+                        out,
+                        k_drift,
+                        "drift",
+                        metric,
+                        ts,
+                        bad,
+                        d < p.drift_clear,
+                        dlevel,
+                        base - p.drift_open * sigma,
+                        base + p.drift_open * sigma,
+                        open_count=p.drift_open_count,
+                    )
         # learn, with residuals clipped to 3 sigma once warm (an anomaly must not become the baseline)
         clip = 3.0 * sigma if n >= 3 else math.inf
         alphas = _ALPHAS.get((dt, p))
         if alphas is None:
             if len(_ALPHAS) > 4096:
                 _ALPHAS.clear()
-            alphas = _ALPHAS[(dt, p)] = tuple(1.0 - math.exp(-dt / tau) for tau in
-                                              (p.tau_level_s, p.tau_drift_s, p.tau_baseline_s, p.tau_noise_s))
+            alphas = _ALPHAS[(dt, p)] = tuple(
+                1.0 - math.exp(-dt / tau) for tau in (p.tau_level_s, p.tau_drift_s, p.tau_baseline_s, p.tau_noise_s)
+            )
         a_level, a_drift, a_base, a_noise = alphas
         if n < p.warmup:
             a_noise = 1.0 / n
@@ -349,8 +478,13 @@ class DeviceDetector:
 
     # ---- snapshot ----------------------------------------------------------------------------------
     def to_state(self) -> dict:
-        return {"s": self.stats, "t": {k: tr.to_state() for k, tr in self.trackers.items()},
-                "ts": self.last_ts, "rx": self.last_rx, "iv": self.interval_ms}
+        return {
+            "s": self.stats,
+            "t": {k: tr.to_state() for k, tr in self.trackers.items()},
+            "ts": self.last_ts,
+            "rx": self.last_rx,
+            "iv": self.interval_ms,
+        }
 
     @classmethod
     def from_state(cls, device_id: str, device_type: str, rules: RuleSet, state: dict) -> DeviceDetector:

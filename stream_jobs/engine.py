@@ -53,30 +53,34 @@ class DeviceState:
         return 1
 
     def to_state(self) -> dict:
-        return {"type": self.device_type, "seq": self.max_seq, "seen": self.seen,
-                "w": self.windows.to_state(), "d": self.detector.to_state()}
+        return {
+            "type": self.device_type,
+            "seq": self.max_seq,
+            "seen": self.seen,
+            "w": self.windows.to_state(),
+            "d": self.detector.to_state(),
+        }
 
 
 @dataclass
 class PartitionState:
     devices: dict[str, DeviceState] = field(default_factory=dict)
-    next_offset: int = -1          # offset after the last applied record; -1 = none yet
-    last_record_ms: int = 0        # Kafka timestamp of the last applied record
+    next_offset: int = -1  # offset after the last applied record; -1 = none yet
+    last_record_ms: int = 0  # Kafka timestamp of the last applied record
 
 
 @dataclass
 class Effects:
     aggregates: list[dict] = field(default_factory=list)
     alerts: list[dict] = field(default_factory=list)
-    batches: list[tuple[dict, bytes]] = field(default_factory=list)    # (batch, raw) for latest state
-    offline: list[str] = field(default_factory=list)                   # devices that went silent
-    alert_counts: dict[str, int] = field(default_factory=dict)         # device -> open alerts now
-    dirty: dict[int, set[str]] = field(default_factory=dict)           # partition -> devices to snapshot
-    offsets: dict[int, int] = field(default_factory=dict)              # partition -> next_offset
+    batches: list[tuple[dict, bytes]] = field(default_factory=list)  # (batch, raw) for latest state
+    offline: list[str] = field(default_factory=list)  # devices that went silent
+    alert_counts: dict[str, int] = field(default_factory=dict)  # device -> open alerts now
+    dirty: dict[int, set[str]] = field(default_factory=dict)  # partition -> devices to snapshot
+    offsets: dict[int, int] = field(default_factory=dict)  # partition -> next_offset
 
     def __bool__(self) -> bool:
-        return bool(self.aggregates or self.alerts or self.batches or self.offline or self.dirty
-                    or self.offsets)
+        return bool(self.aggregates or self.alerts or self.batches or self.offline or self.dirty or self.offsets)
 
 
 class Engine:
@@ -107,18 +111,24 @@ class Engine:
         device_type = state["type"]
         ds = DeviceState(
             DeviceWindows.from_state(device_id, device_type, self.windows_s, self.grace_s, state["w"]),
-            DeviceDetector.from_state(device_id, device_type, self.rules, state["d"]), device_type)
+            DeviceDetector.from_state(device_id, device_type, self.rules, state["d"]),
+            device_type,
+        )
         ds.max_seq = state["seq"]
         ds.seen = state["seen"]
         return ds
 
     def _new(self, device_id: str, device_type: str) -> DeviceState:
-        return DeviceState(DeviceWindows(device_id, device_type, self.windows_s, self.grace_s),
-                           DeviceDetector(device_id, device_type, self.rules), device_type)
+        return DeviceState(
+            DeviceWindows(device_id, device_type, self.windows_s, self.grace_s),
+            DeviceDetector(device_id, device_type, self.rules),
+            device_type,
+        )
 
     # ---- records -----------------------------------------------------------------------------------
-    def apply(self, partition: int, offset: int, raw: bytes, record_ms: int, fx: Effects,
-              now_ms: int | None = None) -> bool:
+    def apply(
+        self, partition: int, offset: int, raw: bytes, record_ms: int, fx: Effects, now_ms: int | None = None
+    ) -> bool:
         """Apply one record (a device batch) at wall time ``now_ms`` (default: the record's timestamp).
         Returns False if it was already in the state (replay)."""
         ps = self.partitions.get(partition)

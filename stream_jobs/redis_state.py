@@ -67,9 +67,17 @@ class RedisWriter:
                 device_id = batch["device_id"]
                 await self._update(
                     keys=[names.device_key(device_id), names.fleet_index],
-                    args=[device_id, batch["device_type"], newest["seq"], newest["ts"], newest.get("rx", 0),
-                          orjson.dumps(newest["metrics"]), now_ms],
-                    client=pipe)
+                    args=[
+                        device_id,
+                        batch["device_type"],
+                        newest["seq"],
+                        newest["ts"],
+                        newest.get("rx", 0),
+                        orjson.dumps(newest["metrics"]),
+                        now_ms,
+                    ],
+                    client=pipe,
+                )
                 pipe.publish(names.channel_readings, raw)
             for agg in fx.aggregates:
                 pipe.publish(names.channel_aggregates, orjson.dumps(agg))

@@ -122,23 +122,42 @@ class DeviceWindows:
         return out
 
     def _aggregate(self, metric: str, size: int, start: int, acc: Acc) -> dict:
-        return {"v": 1, "device_id": self.device_id, "device_type": self.device_type, "metric": metric,
-                "window_s": size // 1000, "start": start, "end": start + size, "count": acc.count,
-                "min": acc.min, "max": acc.max, "mean": acc.mean, "std": acc.std, "late": acc.late}
+        return {
+            "v": 1,
+            "device_id": self.device_id,
+            "device_type": self.device_type,
+            "metric": metric,
+            "window_s": size // 1000,
+            "start": start,
+            "end": start + size,
+            "count": acc.count,
+            "min": acc.min,
+            "max": acc.max,
+            "mean": acc.mean,
+            "std": acc.std,
+            "late": acc.late,
+        }
 
     def has_open(self) -> bool:
         return any(self.open.values())
 
     def to_state(self) -> dict:
-        return {"wm": self.watermark,
-                "closed": {str(s): c for s, c in self.closed_until.items()},
-                "open": {str(size): {str(start): {m: acc.to_state() for m, acc in accs.items()}
-                                     for start, accs in by_start.items()}
-                         for size, by_start in self.open.items() if by_start}}
+        return {
+            "wm": self.watermark,
+            "closed": {str(s): c for s, c in self.closed_until.items()},
+            "open": {
+                str(size): {
+                    str(start): {m: acc.to_state() for m, acc in accs.items()} for start, accs in by_start.items()
+                }
+                for size, by_start in self.open.items()
+                if by_start
+            },
+        }
 
     @classmethod
-    def from_state(cls, device_id: str, device_type: str, sizes_s: list[int], grace_s: float,
-                   state: dict) -> DeviceWindows:
+    def from_state(
+        cls, device_id: str, device_type: str, sizes_s: list[int], grace_s: float, state: dict
+    ) -> DeviceWindows:
         self = cls(device_id, device_type, sizes_s, grace_s)
         self.watermark = state.get("wm", -1)
         for size, closed in state.get("closed", {}).items():
@@ -147,6 +166,7 @@ class DeviceWindows:
         for size, by_start in state.get("open", {}).items():
             if int(size) not in self.open:
                 continue  # the window sizes changed between runs: that size's partial windows are lost
-            self.open[int(size)] = {int(start): {m: Acc.from_state(a) for m, a in accs.items()}
-                                    for start, accs in by_start.items()}
+            self.open[int(size)] = {
+                int(start): {m: Acc.from_state(a) for m, a in accs.items()} for start, accs in by_start.items()
+            }
         return self

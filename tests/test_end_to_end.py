@@ -28,6 +28,7 @@ async def test_readings_flow_to_clickhouse_redis_and_websocket(isolated_settings
     headers = {"Authorization": f"Bearer {settings.api_token}"}
 
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10) as http:
+
         async def api_ready():
             try:
                 return (await http.get("/health/ready")).status_code == 200
@@ -60,6 +61,7 @@ async def test_readings_flow_to_clickhouse_redis_and_websocket(isolated_settings
 
         # Redis: the newest reading of each device is the latest state.
         for device_id in device_ids:
+
             async def latest_is_newest(device_id=device_id):
                 resp = await http.get(f"/api/devices/{device_id}")
                 return resp.status_code == 200 and resp.json()["seq"] == PER_DEVICE
@@ -70,6 +72,7 @@ async def test_readings_flow_to_clickhouse_redis_and_websocket(isolated_settings
 
         # ClickHouse: exactly the readings sent, each once.
         for device_id in device_ids:
+
             async def stored(device_id=device_id):
                 resp = await http.get(f"/api/devices/{device_id}/history", params={"metric": "temperature"})
                 points = resp.json()["points"] if resp.status_code == 200 else []
@@ -80,8 +83,7 @@ async def test_readings_flow_to_clickhouse_redis_and_websocket(isolated_settings
 
         # The load test's exact accounting: every reading of the tagged fleet stored once, none missing.
         check = (await http.get("/api/pipeline/ingest-check", params={"device_prefix": f"e2e-{tag}-"})).json()
-        assert (check["readings"], check["devices"], check["missing_in_sequence"]) == (DEVICES * PER_DEVICE,
-                                                                                       DEVICES, 0)
+        assert (check["readings"], check["devices"], check["missing_in_sequence"]) == (DEVICES * PER_DEVICE, DEVICES, 0)
         assert check["duplicate_rows"] == 0
         assert 0 <= check["latency_ms"]["p50"] <= check["latency_ms"]["p99"] < 60_000
 

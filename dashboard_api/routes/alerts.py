@@ -43,9 +43,7 @@ async def list_open_alerts(
     return AlertList(total=len(alerts), items=alerts[offset : offset + limit])
 
 
-@router.get(
-    "/history", response_model=AlertList, summary="Alert events from ClickHouse, with filters"
-)
+@router.get("/history", response_model=AlertList, summary="Alert events from ClickHouse, with filters")
 async def alert_history(
     request: Request,
     tr: Annotated[TimeRange, Depends(time_range)],

@@ -12,6 +12,8 @@ from dashboard_api.params import METRIC_PATTERN, TYPE_PATTERN, TimeRange, time_r
 from history import queries
 
 router = APIRouter(prefix="/api/analytics", tags=["analytics"])
+
+
 @router.get(
     "/fleet",
     response_model=FleetStats,

@@ -79,8 +79,16 @@ async def get_history(
     ] = "auto",
     max_points: Annotated[int, Query(ge=10, le=10000)] = 1000,
 ) -> HistorySeries:
-    result = await run_query(request, queries.device_series, device_id, metric, tr.start, tr.end,
-                             max_points=max_points, resolution=resolution)
+    result = await run_query(
+        request,
+        queries.device_series,
+        device_id,
+        metric,
+        tr.start,
+        tr.end,
+        max_points=max_points,
+        resolution=resolution,
+    )
     res, points = result["resolution"], result["points"]
     return HistorySeries(
         device_id=device_id,

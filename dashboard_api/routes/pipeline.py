@@ -44,8 +44,10 @@ class IngestCheck(BaseModel):
 )
 async def ingest_check(
     request: Request,
-    device_prefix: Annotated[str, Query(pattern=ID_PATTERN, min_length=3,
-                                        description="device ids starting with this (at least 3 characters)")],
+    device_prefix: Annotated[
+        str,
+        Query(pattern=ID_PATTERN, min_length=3, description="device ids starting with this (at least 3 characters)"),
+    ],
 ) -> IngestCheck:
     result = await run_query(request, queries.ingest_check, device_prefix)
     return IngestCheck(device_prefix=device_prefix, **result)

@@ -24,8 +24,13 @@ API_ENV = {"IOTP_API_WS_QUEUE": "200", "IOTP_API_WS_COALESCE_AFTER": "50", "IOTP
 
 def module_settings(stack_settings: Settings, tmp_path) -> Settings:
     """Like the ``isolated_settings`` fixture, for a whole module: own names, own API port and state."""
-    return isolated(stack_settings, tmp_path / "state", api_port=free_port(), gateway_metrics_port=free_port(),
-                    stream_web_port=free_port())
+    return isolated(
+        stack_settings,
+        tmp_path / "state",
+        api_port=free_port(),
+        gateway_metrics_port=free_port(),
+        stream_web_port=free_port(),
+    )
 
 
 def wait_api_ready(settings: Settings, proc, timeout: float = 90) -> None:

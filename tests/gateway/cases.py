@@ -8,8 +8,14 @@ import orjson
 
 
 def good(device_id: str, now_ms: int, seq: int = 1, **changes) -> dict:
-    r = {"v": 1, "device_id": device_id, "device_type": "climate", "seq": seq, "ts": now_ms,
-         "metrics": {"temperature": 21.5, "humidity": 40.0, "co2": 550.0}}
+    r = {
+        "v": 1,
+        "device_id": device_id,
+        "device_type": "climate",
+        "seq": seq,
+        "ts": now_ms,
+        "metrics": {"temperature": 21.5, "humidity": 40.0, "co2": 550.0},
+    }
     r.update(changes)
     return r
 
@@ -25,6 +31,7 @@ def _metric(name: str, value: object) -> Callable[[str, int], bytes]:
 def _raw_metric(token: bytes) -> Callable[[str, int], bytes]:
     def build(d: str, now: int) -> bytes:
         return orjson.dumps(good(d, now, metrics={"temperature": 99999.125})).replace(b"99999.125", token)
+
     return build
 
 
@@ -33,6 +40,7 @@ def _without(field: str) -> Callable[[str, int], bytes]:
         r = good(d, now)
         del r[field]
         return orjson.dumps(r)
+
     return build
 
 
@@ -44,8 +52,11 @@ CASES: list[tuple[str, Callable[[str, int], bytes], str]] = [
     ("nan", _raw_metric(b"NaN"), "not_finite"),
     ("infinity", _raw_metric(b"Infinity"), "not_finite"),
     ("negative_infinity", _raw_metric(b"-Infinity"), "not_finite"),
-    ("oversized", lambda d, now: orjson.dumps(good(d, now, metrics={f"m{i:05d}": 1.0 for i in range(9000)})),
-     "too_large"),
+    (
+        "oversized",
+        lambda d, now: orjson.dumps(good(d, now, metrics={f"m{i:05d}": 1.0 for i in range(9000)})),
+        "too_large",
+    ),
     ("unknown_schema_version", _dumps(v=2), "unsupported_version"),
     ("missing_schema_version", _without("v"), "missing_field"),
     ("invalid_utf8", lambda d, now: orjson.dumps(good(d, now))[:-1] + b"\xc3\x28}", "invalid_utf8"),
@@ -61,7 +72,9 @@ CASES: list[tuple[str, Callable[[str, int], bytes], str]] = [
     ("unknown_field", _dumps(firmware="1.2"), "unknown_field"),
     ("value_out_of_range", _metric("humidity", 140.0), "out_of_range"),
     ("topic_mismatch", lambda d, now: orjson.dumps(good("someone-else", now)), "topic_mismatch"),
-    ("batch_with_one_bad_reading",
-     lambda d, now: orjson.dumps([good(d, now, seq=1), good(d, now, seq=2, metrics={"temperature": "x"})]),
-     "wrong_type"),
+    (
+        "batch_with_one_bad_reading",
+        lambda d, now: orjson.dumps([good(d, now, seq=1), good(d, now, seq=2, metrics={"temperature": "x"})]),
+        "wrong_type",
+    ),
 ]

@@ -15,11 +15,17 @@ from iotp.mqtt import connect, make_client
 from iotp.settings import Settings
 
 
-async def read_until(settings: Settings, topic: str, done: Callable[[list[ConsumerRecord]], bool],
-                     timeout: float = 60.0) -> list[ConsumerRecord]:
+async def read_until(
+    settings: Settings, topic: str, done: Callable[[list[ConsumerRecord]], bool], timeout: float = 60.0
+) -> list[ConsumerRecord]:
     """Every record of ``topic`` from the beginning, until ``done(records)`` or the timeout."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     records: list[ConsumerRecord] = []
     try:

@@ -55,8 +55,8 @@ async def test_malformed_payloads_dead_lettered_while_good_flow(isolated_setting
         payload = build(device_id, now)
         bad[topic] = (payload, reason)
         items.append((topic, payload))
-        items.extend(good_items[i * 4:(i + 1) * 4])  # good readings interleaved with the bad ones
-    items.extend(good_items[len(CASES) * 4:])
+        items.extend(good_items[i * 4 : (i + 1) * 4])  # good readings interleaved with the bad ones
+    items.extend(good_items[len(CASES) * 4 :])
     publish_payloads(settings, items, qos=1)
 
     dlq = await read_until(settings, settings.topic_deadletter, lambda recs: len(recs) >= len(CASES), 60)
@@ -69,8 +69,7 @@ async def test_malformed_payloads_dead_lettered_while_good_flow(isolated_setting
         assert rec.value == payload, "the original bytes are kept"
         assert headers["detail"]
 
-    readings = await read_until(settings, settings.topic_readings,
-                                lambda recs: good_ids <= set(reading_ids(recs)), 60)
+    readings = await read_until(settings, settings.topic_readings, lambda recs: good_ids <= set(reading_ids(recs)), 60)
     assert set(reading_ids(readings)) == good_ids
 
     assert metric_value(port, "iotp_gateway_messages_rejected_total") == len(CASES)
@@ -118,8 +117,9 @@ async def test_two_gateways_share_the_load(isolated_settings, processes):
 
 
 @pytest.mark.skipif(docker_available(), reason="restarts the native broker of the local stack")
-async def test_broker_restart_keeps_accepted_readings_queued_for_the_gateway(isolated_settings, processes,
-                                                                            stack_settings):
+async def test_broker_restart_keeps_accepted_readings_queued_for_the_gateway(
+    isolated_settings, processes, stack_settings
+):
     """Readings the broker acknowledged while no gateway was connected survive a Mosquitto restart: the
     persistent session and its queue are saved (persistence on) and delivered when the gateway returns."""
     settings = isolated_settings

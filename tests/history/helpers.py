@@ -9,8 +9,15 @@ from history.sink import readings_arrow
 MIN = 60_000
 
 
-def make_rows(devices: int, per_device: int, start_ms: int, step_ms: int = 7_000, seed: int = 1,
-              metrics: tuple[str, ...] = ("temperature", "humidity"), device_type: str = "climate") -> list[tuple]:
+def make_rows(
+    devices: int,
+    per_device: int,
+    start_ms: int,
+    step_ms: int = 7_000,
+    seed: int = 1,
+    metrics: tuple[str, ...] = ("temperature", "humidity"),
+    device_type: str = "climate",
+) -> list[tuple]:
     rnd = random.Random(seed)
     rows = []
     for d in range(devices):

@@ -51,8 +51,9 @@ def test_device_series_resolution_and_gap_filling(ch, base_ms):
     assert len(pts) == 240 and [p["ts"] for p in pts] == [base_ms + i * MIN for i in range(240)]
     assert pts[0] == {"ts": base_ms, "value": 22.5, "min": 20.0, "max": 25.0, "count": 6}
     gap = [p for p in pts if base_ms + 120 * MIN <= p["ts"] < base_ms + 150 * MIN]
-    assert len(gap) == 30 and all(p == {"ts": p["ts"], "value": None, "min": None, "max": None, "count": 0}
-                                  for p in gap)
+    assert len(gap) == 30 and all(
+        p == {"ts": p["ts"], "value": None, "min": None, "max": None, "count": 0} for p in gap
+    )
     assert pts[-1]["ts"] == base_ms + 239 * MIN and pts[-1]["count"] == 0  # after the data: filled to the end
     assert sum(p["count"] for p in pts) == 1080
 
@@ -80,7 +81,8 @@ def test_fleet_stats_and_top_devices_by_deviation(ch, base_ms):
     start, end = _dt(base_ms), _dt(base_ms + HOUR)
     exact = client.query(
         f"SELECT count(), avg(value), min(value), max(value), quantileExactInclusive(0.5)(value) "
-        f"FROM {db}.readings WHERE metric = 'temperature'").result_rows[0]
+        f"FROM {db}.readings WHERE metric = 'temperature'"
+    ).result_rows[0]
     for resolution in ("raw", "1m", "1h", "auto"):
         stats = queries.fleet_stats(client, db, start, end, resolution=resolution)
         by_key = {(s["device_type"], s["metric"]): s for s in stats}
@@ -98,11 +100,32 @@ def test_fleet_stats_and_top_devices_by_deviation(ch, base_ms):
     assert len(top) == 3 and all(t["device_type"] == "climate" for t in top)
 
 
-def _alert(alert_id: str, device: str, state: str, first: int, last: int, severity: str = "warning",
-           rule: str = "threshold", resolved_at: int | None = None) -> tuple:
-    a = Alert(alert_id=alert_id, device_id=device, device_type="climate", metric="temperature", rule=rule,
-              severity=severity, state=state, value=42.0, expected_min=0.0, expected_max=30.0, first_seen=first,
-              last_seen=last, resolved_at=resolved_at, message=f"{rule} on {device}")
+def _alert(
+    alert_id: str,
+    device: str,
+    state: str,
+    first: int,
+    last: int,
+    severity: str = "warning",
+    rule: str = "threshold",
+    resolved_at: int | None = None,
+) -> tuple:
+    a = Alert(
+        alert_id=alert_id,
+        device_id=device,
+        device_type="climate",
+        metric="temperature",
+        rule=rule,
+        severity=severity,
+        state=state,
+        value=42.0,
+        expected_min=0.0,
+        expected_max=30.0,
+        first_seen=first,
+        last_seen=last,
+        resolved_at=resolved_at,
+        message=f"{rule} on {device}",
+    )
     return decode_alert(a.model_dump_json().encode())[0]
 
 
@@ -115,8 +138,7 @@ def test_alert_history_latest_state_filters_and_top_by_alerts(ch, base_ms):
         _alert("a2", "dev-1", "open", base_ms + 10 * MIN, base_ms + 10 * MIN, severity="critical"),
         _alert("a3", "dev-2", "open", base_ms + 20 * MIN, base_ms + 20 * MIN, rule="zscore"),
         _alert("a3", "dev-2", "open", base_ms + 20 * MIN, base_ms + 20 * MIN, rule="zscore"),  # redelivered
-        _alert("old", "dev-3", "resolved", base_ms - 5 * HOUR, base_ms - 4 * HOUR,
-               resolved_at=base_ms - 4 * HOUR),
+        _alert("old", "dev-3", "resolved", base_ms - 5 * HOUR, base_ms - 4 * HOUR, resolved_at=base_ms - 4 * HOUR),
     ]
     client.insert_arrow(f"{db}.alerts", alerts_arrow(rows))
     start, end = _dt(base_ms), _dt(base_ms + HOUR)
@@ -135,7 +157,9 @@ def test_alert_history_latest_state_filters_and_top_by_alerts(ch, base_ms):
 
     top = queries.top_devices(client, db, start, end, by="alerts")
     assert [(t["device_id"], t["score"], t["critical"], t["open"]) for t in top] == [
-        ("dev-1", 2.0, 1, 1), ("dev-2", 1.0, 0, 1)]
+        ("dev-1", 2.0, 1, 1),
+        ("dev-2", 1.0, 0, 1),
+    ]
 
 
 HOSTILE = ["x' OR '1'='1", "'; DROP TABLE readings; --", "dev-a\\' --", "{device_id:String}", "\x00", "a\nb"]
@@ -166,8 +190,19 @@ def test_count_rows_and_window_aggregates(ch, base_ms):
     from history.sink import aggregates_arrow, decode_aggregate
     from iotp.schema import WindowAggregate
 
-    agg = WindowAggregate(device_id="dev-a", device_type="climate", metric="temperature", window_s=60,
-                          start=base_ms, end=base_ms + MIN, count=6, min=1.0, max=3.0, mean=2.0, std=0.5)
+    agg = WindowAggregate(
+        device_id="dev-a",
+        device_type="climate",
+        metric="temperature",
+        window_s=60,
+        start=base_ms,
+        end=base_ms + MIN,
+        count=6,
+        min=1.0,
+        max=3.0,
+        mean=2.0,
+        std=0.5,
+    )
     row = decode_aggregate(agg.model_dump_json().encode())[0]
     client.insert_arrow(f"{db}.window_aggregates", aggregates_arrow([row]))
     client.insert_arrow(f"{db}.window_aggregates", aggregates_arrow([row]))  # redelivered: replaced on merge

@@ -18,14 +18,20 @@ def test_migrations_idempotent_and_retention_from_settings(ch_client, ch_setting
     try:
         assert migrate(ch_client, db, ch_settings) == [version for version, _, _ in MIGRATIONS]
         assert migrate(ch_client, db, ch_settings) == []
-        assert current_ttl_days(ch_client, db) == {"readings": 7, "rollup_1m": 90, "rollup_1h": 730,
-                                                   "window_aggregates": 90, "alerts": 365}
+        assert current_ttl_days(ch_client, db) == {
+            "readings": 7,
+            "rollup_1m": 90,
+            "rollup_1h": 730,
+            "window_aggregates": 90,
+            "alerts": 365,
+        }
         changed = ch_settings.model_copy(update={"history_ttl_raw_days": 3, "history_ttl_1h_days": 400})
         assert migrate(ch_client, db, changed) == []
         assert current_ttl_days(ch_client, db)["readings"] == 3
         assert current_ttl_days(ch_client, db)["rollup_1h"] == 400
-        engine = ch_client.query("SELECT engine FROM system.tables WHERE database = {d:String} AND name = 'readings'",
-                                 parameters={"d": db}).result_rows[0][0]
+        engine = ch_client.query(
+            "SELECT engine FROM system.tables WHERE database = {d:String} AND name = 'readings'", parameters={"d": db}
+        ).result_rows[0][0]
         assert engine == "MergeTree"
     finally:
         ch_client.command(f"DROP DATABASE IF EXISTS {db} SYNC")
@@ -41,7 +47,8 @@ def _raw_vs_rollup(client, db, table, interval, d):
     roll = client.query(
         f"SELECT device_id, metric, bucket, countMerge(n), minMerge(vmin), maxMerge(vmax), avgMerge(vavg), "
         f"quantilesTDigestMerge(0.5, 0.95, 0.99)(q), sqrt(varPopMerge(vvar)) FROM {db}.{table} "
-        f"GROUP BY device_id, metric, bucket ORDER BY device_id, metric, bucket").result_rows
+        f"GROUP BY device_id, metric, bucket ORDER BY device_id, metric, bucket"
+    ).result_rows
     return raw, roll
 
 
@@ -50,7 +57,7 @@ def test_rollups_equal_aggregates_of_raw_rows(ch):
     start = (int(time.time() * 1000) // DAY - 1) * DAY + 3 * MIN + 500  # spans midnight: two day partitions
     rows = make_rows(devices=4, per_device=3000, start_ms=start - 3 * 3_600_000, step_ms=3_000)
     for i in range(0, len(rows), 5000):  # several inserts: rollup states merge across blocks
-        insert_rows(client, db, rows[i:i + 5000], token=f"t{i}")
+        insert_rows(client, db, rows[i : i + 5000], token=f"t{i}")
     # t-digest quantiles: within a rank band of the exact ones (20 values per minute, 1200 per hour)
     for table, interval, d in (("rollup_1m", "1 MINUTE", 0.1), ("rollup_1h", "1 HOUR", 0.02)):
         raw, roll = _raw_vs_rollup(client, db, table, interval, d)

@@ -25,8 +25,9 @@ METRICS = ("temperature", "humidity", "co2")
 
 @pytest.fixture
 def sink_settings(isolated_settings, ch_client):
-    settings = isolated_settings.model_copy(update=dict(
-        clickhouse_database=f"s_{uuid.uuid4().hex[:10]}", sink_batch_rows=2000, sink_batch_seconds=0.3))
+    settings = isolated_settings.model_copy(
+        update=dict(clickhouse_database=f"s_{uuid.uuid4().hex[:10]}", sink_batch_rows=2000, sink_batch_seconds=0.3)
+    )
     migrate(ch_client, settings.clickhouse_database, settings)
     yield settings
     ch_client.command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database} SYNC")
@@ -41,8 +42,15 @@ def reading_records(devices: int, readings: int, per_record: int = 5, seq0: int 
         batch = []
         for seq in range(seq0, seq0 + readings):
             ts = now + seq * 1000
-            batch.append({"id": f"{device}:{seq}", "seq": seq, "ts": ts, "rx": ts + 5,
-                          "metrics": {m: 20.0 + d + (seq % 7) + i for i, m in enumerate(METRICS)}})
+            batch.append(
+                {
+                    "id": f"{device}:{seq}",
+                    "seq": seq,
+                    "ts": ts,
+                    "rx": ts + 5,
+                    "metrics": {m: 20.0 + d + (seq % 7) + i for i, m in enumerate(METRICS)},
+                }
+            )
             if len(batch) == per_record:
                 out.append((device.encode(), encode_batch(device, "climate", batch)))
                 batch = []
@@ -67,11 +75,15 @@ def scalar(client, sql: str) -> int:
 
 async def stored(client, db: str) -> tuple[int, int, int, int]:
     """(raw rows, distinct raw keys, 1m rollup count, 1h rollup count)."""
+
     def q():
-        return (scalar(client, f"SELECT count() FROM {db}.readings"),
-                scalar(client, f"SELECT uniqExact(device_id, metric, seq) FROM {db}.readings"),
-                scalar(client, f"SELECT countMerge(n) FROM {db}.rollup_1m"),
-                scalar(client, f"SELECT countMerge(n) FROM {db}.rollup_1h"))
+        return (
+            scalar(client, f"SELECT count() FROM {db}.readings"),
+            scalar(client, f"SELECT uniqExact(device_id, metric, seq) FROM {db}.readings"),
+            scalar(client, f"SELECT countMerge(n) FROM {db}.rollup_1m"),
+            scalar(client, f"SELECT countMerge(n) FROM {db}.rollup_1h"),
+        )
+
     return await asyncio.to_thread(q)
 
 
@@ -79,6 +91,7 @@ async def wait_rows(client, db: str, expected: int, timeout: float = 60) -> None
     async def done():
         got = await stored(client, db)
         return got if got[0] >= expected else False
+
     try:
         await async_wait_for(done, timeout=timeout, message=f"{expected} raw rows")
     except AssertionError as exc:
@@ -102,18 +115,56 @@ async def test_sink_writes_all_topics_dead_letters_and_publishes_stats(sink_sett
     redis = aioredis.from_url(s.redis_url)
     now = int(time.time() * 1000)
     readings = reading_records(devices=20, readings=50)
-    bad_readings = [(b"bad-1", b"not json"),
-                    (b"bad-2", orjson.dumps({"device_id": "bad-2", "device_type": "climate", "readings": [
-                        {"id": "bad-2:1", "seq": 1, "ts": now, "rx": now, "metrics": {"temperature": "hot"}}]}))]
-    aggregates = [(f"d-{i}".encode(), WindowAggregate(
-        device_id=f"d-{i}", device_type="climate", metric="temperature", window_s=60, start=now - 60_000, end=now,
-        count=60, min=1.0, max=2.0, mean=1.5, std=0.1).model_dump_json().encode()) for i in range(10)]
-    alert = dict(alert_id="al-1", device_id="d-1", device_type="climate", metric="temperature", rule="threshold",
-                 severity="critical", value=99.0, first_seen=now - 5000, last_seen=now - 5000)
-    alerts = [(b"d-1", Alert(**alert, state="open").model_dump_json().encode()),
-              (b"d-1", Alert(**{**alert, "last_seen": now}, state="resolved", resolved_at=now)
-               .model_dump_json().encode()),
-              (b"d-1", b'{"alert_id": "broken"}')]
+    bad_readings = [
+        (b"bad-1", b"not json"),
+        (
+            b"bad-2",
+            orjson.dumps(
+                {
+                    "device_id": "bad-2",
+                    "device_type": "climate",
+                    "readings": [{"id": "bad-2:1", "seq": 1, "ts": now, "rx": now, "metrics": {"temperature": "hot"}}],
+                }
+            ),
+        ),
+    ]
+    aggregates = [
+        (
+            f"d-{i}".encode(),
+            WindowAggregate(
+                device_id=f"d-{i}",
+                device_type="climate",
+                metric="temperature",
+                window_s=60,
+                start=now - 60_000,
+                end=now,
+                count=60,
+                min=1.0,
+                max=2.0,
+                mean=1.5,
+                std=0.1,
+            )
+            .model_dump_json()
+            .encode(),
+        )
+        for i in range(10)
+    ]
+    alert = dict(
+        alert_id="al-1",
+        device_id="d-1",
+        device_type="climate",
+        metric="temperature",
+        rule="threshold",
+        severity="critical",
+        value=99.0,
+        first_seen=now - 5000,
+        last_seen=now - 5000,
+    )
+    alerts = [
+        (b"d-1", Alert(**alert, state="open").model_dump_json().encode()),
+        (b"d-1", Alert(**{**alert, "last_seen": now}, state="resolved", resolved_at=now).model_dump_json().encode()),
+        (b"d-1", b'{"alert_id": "broken"}'),
+    ]
     await produce(s, s.topic_readings, readings[:100] + bad_readings + readings[100:])
     await produce(s, s.topic_aggregates, aggregates)
     await produce(s, s.topic_alerts, alerts)
@@ -124,12 +175,17 @@ async def test_sink_writes_all_topics_dead_letters_and_publishes_stats(sink_sett
         await wait_rows(ch_client, db, 20 * 50 * 3)
 
         async def others():
-            return await asyncio.to_thread(lambda: (
-                scalar(ch_client, f"SELECT count() FROM {db}.window_aggregates FINAL"),
-                scalar(ch_client, f"SELECT count() FROM {db}.alerts FINAL")))
+            return await asyncio.to_thread(
+                lambda: (
+                    scalar(ch_client, f"SELECT count() FROM {db}.window_aggregates FINAL"),
+                    scalar(ch_client, f"SELECT count() FROM {db}.alerts FINAL"),
+                )
+            )
+
         await async_wait_for(lambda: _eq(others(), (10, 1)), timeout=30, message="aggregates and alerts")
         state = await asyncio.to_thread(
-            lambda: ch_client.query(f"SELECT state FROM {db}.alerts FINAL").result_rows[0][0])
+            lambda: ch_client.query(f"SELECT state FROM {db}.alerts FINAL").result_rows[0][0]
+        )
         assert state == "resolved"
 
         dlq = await read_topic(s, s.topic_sink_deadletter, 3)
@@ -144,6 +200,7 @@ async def test_sink_writes_all_topics_dead_letters_and_publishes_stats(sink_sett
         async def stats_done():
             st = await redis.hgetall(key)
             return st if int(st.get(b"sink.rows", 0)) >= 3000 + 11 and st.get(b"sink.lag") == b"0" else None
+
         st = await async_wait_for(stats_done, timeout=30, message="sink stats in Redis")
         assert int(st[b"sink.rows"]) == 3000 + 10 + 2  # raw rows + aggregates + alert events
         assert abs(int(st[b"sink.updated_ms"]) - time.time() * 1000) < 10_000

@@ -15,8 +15,12 @@ from iotp.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-INFRA = {"mosquitto": "eclipse-mosquitto", "kafka": "apache/kafka", "redis": "redis",
-         "clickhouse": "clickhouse/clickhouse-server"}
+INFRA = {
+    "mosquitto": "eclipse-mosquitto",
+    "kafka": "apache/kafka",
+    "redis": "redis",
+    "clickhouse": "clickhouse/clickhouse-server",
+}
 PIPELINE = ["gateway", "stream", "sink", "api", "simulator"]
 
 
@@ -33,8 +37,7 @@ def _settings(service: dict) -> Settings:
 def test_compose_passes_docker_compose_schema_validation():
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose missing: infra/bootstrap.sh --dev installs it"
-    result = subprocess.run([binary, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True,
-                            cwd=ROOT)
+    result = subprocess.run([binary, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
 
 

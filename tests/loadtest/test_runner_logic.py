@@ -15,10 +15,12 @@ def test_percentiles_of_known_values():
 
 
 def test_max_sustainable_is_the_highest_sustainable_step_not_the_last():
-    steps = [StepResult(offered=1000, step_s=10, sustainable=True),
-             StepResult(offered=5000, step_s=10, sustainable=True),
-             StepResult(offered=10000, step_s=10, sustainable=False),
-             StepResult(offered=7000, step_s=10, sustainable=True)]
+    steps = [
+        StepResult(offered=1000, step_s=10, sustainable=True),
+        StepResult(offered=5000, step_s=10, sustainable=True),
+        StepResult(offered=10000, step_s=10, sustainable=False),
+        StepResult(offered=7000, step_s=10, sustainable=True),
+    ]
     assert max_sustainable(steps) == 7000
     assert max_sustainable([StepResult(offered=1000, step_s=10)]) is None
 

@@ -67,8 +67,9 @@ def test_truth_schema_and_file(tmp_path):
 def _run(kind, metric="temperature", duration_s=60.0, params=None):
     fleet = build_fleet(1, seed=5, mix={"climate": 1}, seq0=0)
     device = fleet[0]
-    sched = [ScheduledAnomaly(device.device_id, kind, at_s=100, duration_s=duration_s, metric=metric,
-                              params=params or {})]
+    sched = [
+        ScheduledAnomaly(device.device_id, kind, at_s=100, duration_s=duration_s, metric=metric, params=params or {})
+    ]
     clean = generate_readings(build_fleet(1, seed=5, mix={"climate": 1}, seq0=0), START, 300, seed=5)
     inj = generate_readings(fleet, START, 300, seed=5)
     inj.injector.__init__(seed=5, schedule=sched, start_ms=START)
@@ -117,8 +118,12 @@ def test_random_rate_roughly_poisson():
     inj = AnomalyInjector(seed=1, rate_per_device_hour=6.0, kinds={"spike": 1})
     for d in range(50):
         for k in range(3600):
-            inj.apply(f"d{d}", "power", START + k * 1000, {"voltage": 230.0, "current": 10.0, "power_kw": 2.0,
-                                                            "power_factor": 0.9, "frequency": 50.0})
+            inj.apply(
+                f"d{d}",
+                "power",
+                START + k * 1000,
+                {"voltage": 230.0, "current": 10.0, "power_kw": 2.0, "power_factor": 0.9, "frequency": 50.0},
+            )
     inj.close(START + 3600 * 1000)
     assert 200 <= len(inj.truth) <= 400  # expected 300 = 50 devices x 6/h x 1 h
 

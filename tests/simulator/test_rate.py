@@ -42,8 +42,22 @@ def test_rate_accuracy(isolated_settings, processes, tmp_path, rate):
     collector = Collector(isolated_settings)
     stats_file = tmp_path / "stats.json"
     try:
-        proc = processes.start("simulate", "--devices", "20", "--rate", str(rate), "--duration", "4",
-                               "--qos", "1", "--seed", "1", "--quiet", "--stats-json", str(stats_file))
+        proc = processes.start(
+            "simulate",
+            "--devices",
+            "20",
+            "--rate",
+            str(rate),
+            "--duration",
+            "4",
+            "--qos",
+            "1",
+            "--seed",
+            "1",
+            "--quiet",
+            "--stats-json",
+            str(stats_file),
+        )
         assert proc.popen.wait(60) == 0, proc.output()
         stats = orjson.loads(stats_file.read_bytes())
         wait_for(lambda: len(collector.payloads) >= stats["messages"], timeout=20, message="all messages")
@@ -64,10 +78,32 @@ def test_batches_malformed_and_truth(isolated_settings, processes, tmp_path):
     truth_file = tmp_path / "truth.jsonl"
     stats_file = tmp_path / "stats.json"
     try:
-        proc = processes.start("simulate", "--devices", "10", "--rate", "400", "--count", "2000", "--batch", "5",
-                               "--workers", "2", "--malformed-fraction", "0.1", "--anomaly-rate", "400",
-                               "--truth-file", str(truth_file), "--seed", "9", "--qos", "1", "--quiet",
-                               "--stats-json", str(stats_file))
+        proc = processes.start(
+            "simulate",
+            "--devices",
+            "10",
+            "--rate",
+            "400",
+            "--count",
+            "2000",
+            "--batch",
+            "5",
+            "--workers",
+            "2",
+            "--malformed-fraction",
+            "0.1",
+            "--anomaly-rate",
+            "400",
+            "--truth-file",
+            str(truth_file),
+            "--seed",
+            "9",
+            "--qos",
+            "1",
+            "--quiet",
+            "--stats-json",
+            str(stats_file),
+        )
         assert proc.popen.wait(90) == 0, proc.output()
         stats = orjson.loads(stats_file.read_bytes())
         wait_for(lambda: len(collector.payloads) >= stats["messages"], timeout=20, message="all messages")
@@ -88,5 +124,4 @@ def test_batches_malformed_and_truth(isolated_settings, processes, tmp_path):
     assert good >= stats["published"] - 5 * stats["malformed"]
     truth = [orjson.loads(line) for line in truth_file.read_bytes().splitlines()]
     assert truth and len(truth) == stats["anomalies"]
-    assert all(set(t) == {"device_id", "device_type", "metric", "kind", "start_ms", "end_ms", "params"}
-               for t in truth)
+    assert all(set(t) == {"device_id", "device_type", "metric", "kind", "start_ms", "end_ms", "params"} for t in truth)

@@ -11,17 +11,29 @@ from infra.kafka_admin import create_topics_sync
 from iotp.settings import Settings
 from tests.support.processes import ProcessGroup
 
-FAST = dict(stream_windows_s=[2], stream_window_grace_s=1.0, stream_silence_min_s=1.5, stream_tick_s=0.25,
-            stream_stats_interval_s=0.5)
+FAST = dict(
+    stream_windows_s=[2],
+    stream_window_grace_s=1.0,
+    stream_silence_min_s=1.5,
+    stream_tick_s=0.25,
+    stream_stats_interval_s=0.5,
+)
 
 
 def stream_test_settings(base: Settings, **overrides) -> Settings:
     tag = uuid.uuid4().hex[:8]
-    settings = base.model_copy(update=dict(
-        topic_readings=f"s{tag}.readings", topic_deadletter=f"s{tag}.readings.dlq",
-        topic_aggregates=f"s{tag}.aggregates", topic_alerts=f"s{tag}.alerts",
-        topic_sink_deadletter=f"s{tag}.sink.dlq", redis_prefix=f"s{tag}", stream_app_id=f"iotp-stream-{tag}",
-        **{**FAST, **overrides}))
+    settings = base.model_copy(
+        update=dict(
+            topic_readings=f"s{tag}.readings",
+            topic_deadletter=f"s{tag}.readings.dlq",
+            topic_aggregates=f"s{tag}.aggregates",
+            topic_alerts=f"s{tag}.alerts",
+            topic_sink_deadletter=f"s{tag}.sink.dlq",
+            redis_prefix=f"s{tag}",
+            stream_app_id=f"iotp-stream-{tag}",
+            **{**FAST, **overrides},
+        )
+    )
     create_topics_sync(settings)
     return settings
 

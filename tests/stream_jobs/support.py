@@ -42,8 +42,9 @@ class Producer:
     async def send(self, device_id: str, rs: list[dict], device_type: str = "climate") -> None:
         for r in rs:
             r["id"] = f"{device_id}:{r['seq']}"
-        await self.producer.send_and_wait(self.settings.topic_readings, key=device_id.encode(),
-                                          value=encode_batch(device_id, device_type, rs))
+        await self.producer.send_and_wait(
+            self.settings.topic_readings, key=device_id.encode(), value=encode_batch(device_id, device_type, rs)
+        )
 
     async def send_together(self, device_id: str, batches: list[list[dict]], device_type: str = "climate") -> None:
         """Several records of one device in one produce request, so the worker fetches them together (as a
@@ -52,8 +53,11 @@ class Producer:
         for rs in batches:
             for r in rs:
                 r["id"] = f"{device_id}:{r['seq']}"
-            futures.append(await self.producer.send(self.settings.topic_readings, key=device_id.encode(),
-                                                    value=encode_batch(device_id, device_type, rs)))
+            futures.append(
+                await self.producer.send(
+                    self.settings.topic_readings, key=device_id.encode(), value=encode_batch(device_id, device_type, rs)
+                )
+            )
         await asyncio.gather(*futures)
 
 
@@ -87,8 +91,11 @@ class TopicWatcher:
         await self.consumer.stop()
 
     def alerts(self, device_id: str, rule: str | None = None) -> list[dict]:
-        return [a for a in self.records[self.settings.topic_alerts]
-                if a["device_id"] == device_id and (rule is None or a["rule"] == rule)]
+        return [
+            a
+            for a in self.records[self.settings.topic_alerts]
+            if a["device_id"] == device_id and (rule is None or a["rule"] == rule)
+        ]
 
     def aggregates(self, device_id: str) -> list[dict]:
         return [a for a in self.records[self.settings.topic_aggregates] if a["device_id"] == device_id]

@@ -14,8 +14,9 @@ T0 = 1_700_000_000_000
 RULES = load_rules()
 
 
-def feed(det: DeviceDetector, values: list[float], metric: str = "humidity", start: int = 0,
-         step_ms: int = 1000) -> list[dict]:
+def feed(
+    det: DeviceDetector, values: list[float], metric: str = "humidity", start: int = 0, step_ms: int = 1000
+) -> list[dict]:
     out = []
     for i, v in enumerate(values):
         ts = T0 + (start + i) * step_ms
@@ -61,10 +62,10 @@ def test_flatline_and_silence_and_back_online() -> None:
     assert [e["state"] for e in events] == ["open", "resolved"]
     assert events[0]["first_seen"] == T0 + 60_000
     last = T0 + 79_000
-    assert det.check_silence(last + 4000) == []          # 5 x 1 s interval not yet over
+    assert det.check_silence(last + 4000) == []  # 5 x 1 s interval not yet over
     [silent] = det.check_silence(last + 5001)
     assert (silent["rule"], silent["state"], silent["metric"]) == ("silence", "open", None)
-    assert det.check_silence(last + 9000) == []          # no storm
+    assert det.check_silence(last + 9000) == []  # no storm
     back = det.observe(last + 20_000, last + 20_000, {"humidity": 45.0})
     assert [(e["rule"], e["state"], e["alert_id"]) for e in back] == [("silence", "resolved", silent["alert_id"])]
 
@@ -87,17 +88,31 @@ def test_detector_state_round_trip() -> None:
 
 
 def _record(device: str, seqs: list[int], value: float = 45.0) -> bytes:
-    return orjson.dumps({"v": 1, "device_id": device, "device_type": "climate", "readings": [
-        {"id": f"{device}:{s}", "seq": s, "ts": T0 + s * 1000, "rx": T0 + s * 1000,
-         "metrics": {"humidity": value}} for s in seqs]})
+    return orjson.dumps(
+        {
+            "v": 1,
+            "device_id": device,
+            "device_type": "climate",
+            "readings": [
+                {
+                    "id": f"{device}:{s}",
+                    "seq": s,
+                    "ts": T0 + s * 1000,
+                    "rx": T0 + s * 1000,
+                    "metrics": {"humidity": value},
+                }
+                for s in seqs
+            ],
+        }
+    )
 
 
 def test_engine_dedup_out_of_order_and_replay_skip() -> None:
     engine = Engine([10], 5, RULES)
     fx = Effects()
     engine.apply(0, 0, _record("c1", [1, 2, 3, 5]), T0, fx)
-    engine.apply(0, 1, _record("c1", [3, 5]), T0, fx)        # duplicates
-    engine.apply(0, 2, _record("c1", [4]), T0, fx)           # out of order, new
+    engine.apply(0, 1, _record("c1", [3, 5]), T0, fx)  # duplicates
+    engine.apply(0, 2, _record("c1", [4]), T0, fx)  # out of order, new
     assert engine.apply(0, 1, _record("c1", [9]), T0, fx) is False  # offset already applied
     c = engine.counters
     assert (c["stream.readings"], c["stream.duplicates"], c["stream.out_of_order"]) == (5, 2, 1)

@@ -26,8 +26,14 @@ async def test_worker_restart_mid_stream_loses_no_alert(restart_settings, tmp_pa
     device = "restart-1"
     names = redis_names(settings)
     spike = [60.0, 61.0, 60.5]
-    values = [*noise(40), *spike, *noise(3, seed=2),           # phase 1: warm-up, spike 1 opens
-              *noise(30, seed=3), *spike, *noise(30, seed=4)]  # phase 2 (worker down): resolve, spike 2
+    values = [
+        *noise(40),
+        *spike,
+        *noise(3, seed=2),  # phase 1: warm-up, spike 1 opens
+        *noise(30, seed=3),
+        *spike,
+        *noise(30, seed=4),
+    ]  # phase 2 (worker down): resolve, spike 2
     base = (now_ms() - 100_000) // 10_000 * 10_000
     rows = [(i + 1, base + 100 + i * STEP_MS, {"humidity": v}) for i, v in enumerate(values)]
     r = redis_client(settings)
@@ -35,18 +41,19 @@ async def test_worker_restart_mid_stream_loses_no_alert(restart_settings, tmp_pa
         async with Producer(settings) as producer, TopicWatcher(settings) as watch:
             worker = group.start("stream")
             for i in range(0, 46, 10):
-                await producer.send(device, readings(rows[i:min(i + 10, 46)]))
+                await producer.send(device, readings(rows[i : min(i + 10, 46)]))
             [first] = await until(lambda: watch.alerts(device, "zscore"), timeout=90, message="spike 1 alert")
 
             async def phase1_applied():
-                return (await device_hash(r, settings, device)).get("seq") == "46" and \
-                    await r.hexists(names.open_alerts, first["alert_id"])
+                return (await device_hash(r, settings, device)).get("seq") == "46" and await r.hexists(
+                    names.open_alerts, first["alert_id"]
+                )
 
             await until(phase1_applied, timeout=30, message="phase 1 applied")
             worker.kill9()
 
             for i in range(46, len(rows), 10):
-                await producer.send(device, readings(rows[i:i + 10]))
+                await producer.send(device, readings(rows[i : i + 10]))
             group.start("stream")
             # a reading far beyond end + grace closes the window on event time
             await producer.send(device, readings([(len(rows) + 1, base + 10_000 + 300_001, {"humidity": 45.0})]))
@@ -64,8 +71,12 @@ async def test_worker_restart_mid_stream_loses_no_alert(restart_settings, tmp_pa
             events = await until(zscore_events, timeout=30, message="both spikes resolved")
             ids = list(dict.fromkeys(e["alert_id"] for e in events))
             assert len(ids) == 2 and ids[0] == first["alert_id"]
-            assert sorted((ids.index(e["alert_id"]), e["state"]) for e in events) == \
-                [(0, "open"), (0, "resolved"), (1, "open"), (1, "resolved")]
+            assert sorted((ids.index(e["alert_id"]), e["state"]) for e in events) == [
+                (0, "open"),
+                (0, "resolved"),
+                (1, "open"),
+                (1, "resolved"),
+            ]
             assert events[1]["first_seen"] == rows[40][1]  # the resolve continues the pre-crash alert
             assert not await r.hexists(names.open_alerts, first["alert_id"])
             assert len(window()) == 1

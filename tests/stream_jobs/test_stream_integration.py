@@ -29,15 +29,22 @@ def uid(prefix: str) -> str:
 async def test_window_values_late_and_dropped(stream_settings, stream_worker) -> None:
     settings = stream_settings
     device = uid("win")
-    base = (now_ms() - 60_000) // 2000 * 2000   # an old 2 s window: it closes at the next tick
+    base = (now_ms() - 60_000) // 2000 * 2000  # an old 2 s window: it closes at the next tick
     r = redis_client(settings)
     stats = redis_names(settings).stats_key
     async with Producer(settings) as producer, TopicWatcher(settings) as watch:
-        await producer.send(device, readings([
-            (1, base + 100, {"temperature": 10.0}), (2, base + 600, {"temperature": 12.0}),
-            (3, base + 1200, {"temperature": 14.0}), (4, base + 2100, {"temperature": 20.0}),
-            (5, base + 1500, {"temperature": 13.0}),  # after the device passed the window end: late
-        ]))
+        await producer.send(
+            device,
+            readings(
+                [
+                    (1, base + 100, {"temperature": 10.0}),
+                    (2, base + 600, {"temperature": 12.0}),
+                    (3, base + 1200, {"temperature": 14.0}),
+                    (4, base + 2100, {"temperature": 20.0}),
+                    (5, base + 1500, {"temperature": 13.0}),  # after the device passed the window end: late
+                ]
+            ),
+        )
 
         def first_window():
             return [a for a in watch.aggregates(device) if a["start"] == base]
@@ -47,8 +54,11 @@ async def test_window_values_late_and_dropped(stream_settings, stream_worker) ->
         assert (agg["min"], agg["max"], agg["late"]) == (10.0, 14.0, 1)
         assert agg["mean"] == pytest.approx(12.25)
         assert agg["std"] == pytest.approx(statistics.pstdev([10.0, 12.0, 14.0, 13.0]))
-        second = await until(lambda: [a for a in watch.aggregates(device) if a["start"] == base + 2000],
-                                      timeout=30, message="the second window")
+        second = await until(
+            lambda: [a for a in watch.aggregates(device) if a["start"] == base + 2000],
+            timeout=30,
+            message="the second window",
+        )
         assert second[0]["count"] == 1 and second[0]["mean"] == 20.0
 
         dropped_before = int(await r.hget(stats, "stream.dropped_late") or 0)
@@ -60,8 +70,14 @@ async def test_window_values_late_and_dropped(stream_settings, stream_worker) ->
         await until(dropped, timeout=30, message="stream.dropped_late counted")
         assert len(first_window()) == 1  # the closed window is not re-emitted
         fields = await r.hgetall(stats)
-        for name in ("stream.records", "stream.readings", "stream.aggregates", "stream.late", "stream.lag",
-                     "stream.updated_ms"):
+        for name in (
+            "stream.records",
+            "stream.readings",
+            "stream.aggregates",
+            "stream.late",
+            "stream.lag",
+            "stream.updated_ms",
+        ):
             assert name in fields, name
     await r.aclose()
 
@@ -76,7 +92,7 @@ async def test_spike_gives_one_alert_then_one_resolve(stream_settings, stream_wo
     r = redis_client(settings)
     async with Producer(settings) as producer, TopicWatcher(settings) as watch:
         for i in range(0, 62, 10):  # warm-up, and the spike's first reading
-            await producer.send(device, readings(rows[i:min(i + 10, 61)]))
+            await producer.send(device, readings(rows[i : min(i + 10, 61)]))
         opened = await until(lambda: watch.alerts(device, "zscore"), timeout=60, message="alert")
         assert len(opened) == 1 and opened[0]["state"] == "open"
         assert opened[0]["first_seen"] == t0 + 60_000
@@ -84,14 +100,17 @@ async def test_spike_gives_one_alert_then_one_resolve(stream_settings, stream_wo
         assert await r.hexists(names.open_alerts, alert_id)
         assert (await device_hash(r, settings, device))["open_alerts"] == "1"
         for i in range(61, len(rows), 10):
-            await producer.send(device, readings(rows[i:i + 10]))
+            await producer.send(device, readings(rows[i : i + 10]))
 
         async def all_processed():
             return (await device_hash(r, settings, device)).get("seq") == str(len(rows))
 
         await until(all_processed, timeout=60, message="all readings applied")
-        events = await until(lambda: len(watch.alerts(device, "zscore")) >= 2 and
-                                      watch.alerts(device, "zscore"), timeout=30, message="resolve")
+        events = await until(
+            lambda: len(watch.alerts(device, "zscore")) >= 2 and watch.alerts(device, "zscore"),
+            timeout=30,
+            message="resolve",
+        )
         assert [(e["state"], e["alert_id"]) for e in events] == [("open", alert_id), ("resolved", alert_id)]
         assert not await r.hexists(names.open_alerts, alert_id)
         assert (await device_hash(r, settings, device))["open_alerts"] == "0"
@@ -105,20 +124,24 @@ async def test_duplicates_and_out_of_order_leave_redis_correct(stream_settings, 
     base = (now_ms() - 60_000) // 2000 * 2000
     r = redis_client(settings)
     async with Producer(settings) as producer, TopicWatcher(settings) as watch:
-        await producer.send_together(device, [
-            readings([(s, base + s * 100, {"temperature": float(s)}) for s in range(1, 6)]),
-            readings([(3, base + 300, {"temperature": 33.0}), (5, base + 500, {"temperature": 55.0})]),  # dups
-            readings([(10, base + 1000, {"temperature": 10.0})]),
-            readings([(8, base + 800, {"temperature": 8.0})]),  # older than seq 10, arrives after it
-        ])
+        await producer.send_together(
+            device,
+            [
+                readings([(s, base + s * 100, {"temperature": float(s)}) for s in range(1, 6)]),
+                readings([(3, base + 300, {"temperature": 33.0}), (5, base + 500, {"temperature": 55.0})]),  # dups
+                readings([(10, base + 1000, {"temperature": 10.0})]),
+                readings([(8, base + 800, {"temperature": 8.0})]),  # older than seq 10, arrives after it
+            ],
+        )
 
         async def final_state():
             h = await device_hash(r, settings, device)
             return h if h.get("seq") == "10" else None
 
         h = await until(final_state, timeout=60, message="seq 10 stored")
-        [agg] = await until(lambda: [a for a in watch.aggregates(device) if a["start"] == base],
-                                     timeout=30, message="window")
+        [agg] = await until(
+            lambda: [a for a in watch.aggregates(device) if a["start"] == base], timeout=30, message="window"
+        )
         # seq 8 was processed after seq 10 and must not have overwritten it
         assert (float(h["m:temperature"]), h["ts"], h["status"]) == (10.0, str(base + 1000), "online")
         assert await r.zscore(redis_names(settings).fleet_index, device) == base + 1000
@@ -135,20 +158,25 @@ async def test_silent_device_goes_offline_and_back(stream_settings, stream_worke
     r = redis_client(settings)
     async with Producer(settings) as producer, TopicWatcher(settings) as watch:
         t = now_ms()
-        await producer.send(device, readings([(s, t - 2000 + s * 200, {"temperature": 21.0 + s / 10})
-                                              for s in range(1, 11)]))
+        await producer.send(
+            device, readings([(s, t - 2000 + s * 200, {"temperature": 21.0 + s / 10}) for s in range(1, 11)])
+        )
 
         async def status(wanted):
             return (await device_hash(r, settings, device)).get("status") == wanted
 
         await until(lambda: status("offline"), timeout=30, message="offline")
         [silent] = watch.alerts(device, "silence") or await until(
-            lambda: watch.alerts(device, "silence"), timeout=10, message="silence alert")
+            lambda: watch.alerts(device, "silence"), timeout=10, message="silence alert"
+        )
         assert silent["state"] == "open" and silent["metric"] is None
         await producer.send(device, readings([(11, now_ms(), {"temperature": 21.5})]))
         await until(lambda: status("online"), timeout=30, message="back online")
-        events = await until(lambda: len(watch.alerts(device, "silence")) >= 2 and
-                                      watch.alerts(device, "silence"), timeout=30, message="resolved")
+        events = await until(
+            lambda: len(watch.alerts(device, "silence")) >= 2 and watch.alerts(device, "silence"),
+            timeout=30,
+            message="resolved",
+        )
         assert [e["state"] for e in events] == ["open", "resolved"]
         assert events[0]["alert_id"] == events[1]["alert_id"]
     await r.aclose()

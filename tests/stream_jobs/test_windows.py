@@ -32,10 +32,10 @@ def test_window_values_match_hand_computed() -> None:
 def test_event_time_closes_and_late_and_dropped() -> None:
     w = DeviceWindows("d1", "climate", [10], grace_s=2)
     w.add(T0 + 1000, {"x": 1.0})
-    w.add(T0 + 10_500, {"x": 5.0})               # next window: watermark passes the first end
+    w.add(T0 + 10_500, {"x": 5.0})  # next window: watermark passes the first end
     assert w.add(T0 + 9000, {"x": 3.0}) == LATE  # within grace: counted, and counted as late
     assert w.due(None) == []
-    w.add(T0 + 12_000, {"x": 6.0})                # watermark reaches end + grace: first window closes
+    w.add(T0 + 12_000, {"x": 6.0})  # watermark reaches end + grace: first window closes
     [agg] = w.due(None)
     assert (agg["start"], agg["count"], agg["late"], agg["mean"]) == (T0, 2, 1, 2.0)
     assert w.add(T0 + 9500, {"x": 9.0}) == DROPPED  # its window is gone

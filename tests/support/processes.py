@@ -1,4 +1,4 @@
-"""Run pipeline components as real subprocesses (``python -m iotp <command>``) with the test settings."""
+"""Run pipeline components as real subprocesses (``python -m iotp_cli <command>``) with the test settings."""
 
 from __future__ import annotations
 
@@ -47,16 +47,22 @@ class ProcessGroup:
     log_dir: Path
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, command: str, *args: str, env: dict[str, str] | None = None,
-              settings: Settings | None = None) -> Proc:
+    def start(
+        self, command: str, *args: str, env: dict[str, str] | None = None, settings: Settings | None = None
+    ) -> Proc:
         """Start ``iotp <command> <args>``; ``settings`` overrides the group's settings for this one."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         name = command
         log = self.log_dir / f"{name}-{len(self.procs)}.log"
         full_env = {**os.environ, **settings_env(settings or self.settings), "PYTHONUNBUFFERED": "1", **(env or {})}
         handle = log.open("wb")
-        popen = subprocess.Popen([sys.executable, "-m", "iotp", command, *args], stdout=handle,
-                                 stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "iotp_cli", command, *args],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,
+        )
         proc = Proc(name, popen, log)
         self.procs.append(proc)
         return proc

@@ -87,19 +87,25 @@ def container_services(settings: Settings) -> Iterator[Settings]:
 
     conf = settings.state_dir / "mosquitto-test.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text("listener 1883 0.0.0.0\nallow_anonymous true\nmax_inflight_messages 1000\n"
-                    "max_queued_messages 200000\npersistence false\n")
-    mosquitto = (DockerContainer("eclipse-mosquitto:2.0").with_exposed_ports(1883)
-                 .with_volume_mapping(str(conf), "/mosquitto/config/mosquitto.conf"))
-    with RedisContainer("redis:7.2") as redis, KafkaContainer("apache/kafka:3.8.0").with_kraft() as kafka, \
-            mosquitto:
+    conf.write_text(
+        "listener 1883 0.0.0.0\nallow_anonymous true\nmax_inflight_messages 1000\n"
+        "max_queued_messages 200000\npersistence false\n"
+    )
+    mosquitto = (
+        DockerContainer("eclipse-mosquitto:2.0")
+        .with_exposed_ports(1883)
+        .with_volume_mapping(str(conf), "/mosquitto/config/mosquitto.conf")
+    )
+    with RedisContainer("redis:7.2") as redis, KafkaContainer("apache/kafka:3.8.0").with_kraft() as kafka, mosquitto:
         wait_for_logs(mosquitto, "running", timeout=30)
-        updated = settings.model_copy(update=dict(
-            mqtt_host=mosquitto.get_container_host_ip(),
-            mqtt_port=int(mosquitto.get_exposed_port(1883)),
-            redis_url=f"redis://{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/0",
-            kafka_bootstrap=kafka.get_bootstrap_server(),
-        ))
+        updated = settings.model_copy(
+            update=dict(
+                mqtt_host=mosquitto.get_container_host_ip(),
+                mqtt_port=int(mosquitto.get_exposed_port(1883)),
+                redis_url=f"redis://{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/0",
+                kafka_bootstrap=kafka.get_bootstrap_server(),
+            )
+        )
         create_topics_sync(updated)
         yield updated
 

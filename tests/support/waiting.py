@@ -10,8 +10,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.1,
-             message: str = "condition") -> T:
+def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, message: str = "condition") -> T:
     deadline = time.monotonic() + timeout
     last: T | None = None
     while time.monotonic() < deadline:
@@ -22,8 +21,9 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float 
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message} (last value: {last!r})")
 
 
-async def async_wait_for(predicate: Callable[[], Awaitable[T]], timeout: float = 30.0,
-                         interval: float = 0.1, message: str = "condition") -> T:
+async def async_wait_for(
+    predicate: Callable[[], Awaitable[T]], timeout: float = 30.0, interval: float = 0.1, message: str = "condition"
+) -> T:
     deadline = time.monotonic() + timeout
     last: T | None = None
     while time.monotonic() < deadline:

@@ -21,10 +21,12 @@ from loadtest.cli import loadtest
 from simulator.cli import simulate
 from stream_jobs.cli import stream
 
-app = typer.Typer(help="IoT telemetry pipeline: simulator -> MQTT -> gateway -> Kafka -> Faust -> "
-                       "Redis + ClickHouse -> dashboard.", no_args_is_help=True, add_completion=False)
-stack_app = typer.Typer(help="The local backing services: Mosquitto, Redis, Kafka-wire broker.",
-                        no_args_is_help=True)
+app = typer.Typer(
+    help="IoT telemetry pipeline: simulator -> MQTT -> gateway -> Kafka -> Faust -> Redis + ClickHouse -> dashboard.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+stack_app = typer.Typer(help="The local backing services: Mosquitto, Redis, Kafka-wire broker.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 console = Console()
 
@@ -86,8 +88,7 @@ def _print_status() -> None:
     table = Table("program", "group", "state", "pid", "endpoint", "answers")
     for row in rows:
         answers = "" if row["answers"] is None else ("yes" if row["answers"] else "[red]no[/]")
-        table.add_row(row["name"], row["group"], row["state"], str(row["pid"] or ""), row["endpoint"],
-                      answers)
+        table.add_row(row["name"], row["group"], row["state"], str(row["pid"] or ""), row["endpoint"], answers)
     console.print(table)
 
 
@@ -103,8 +104,7 @@ def up(
     from infra.system_packages import InstallError
 
     stack = _stack()
-    sim_args = ["--devices", str(devices), "--rate", str(rate), "--anomaly-rate", str(anomaly_rate),
-                "--quiet"]
+    sim_args = ["--devices", str(devices), "--rate", str(rate), "--anomaly-rate", str(anomaly_rate), "--quiet"]
     try:
         stack.up(simulate_args=sim_args, gateways=gateways, workers=workers)
         stack.wait_api()
@@ -113,8 +113,7 @@ def up(
     _print_status()
     settings = stack.settings
     console.print(f"\n[bold green]Dashboard:[/] {settings.api_url}/?token={settings.api_token}")
-    console.print(f"API docs:  {settings.api_url}/docs   (token header: Authorization: Bearer "
-                  f"{settings.api_token})")
+    console.print(f"API docs:  {settings.api_url}/docs   (token header: Authorization: Bearer {settings.api_token})")
     console.print(f"Logs:      iotp logs NAME   ({stack.supervisor.log_dir})")
     console.print("Stop:      make stop   (or: iotp down)")
 

@@ -1,3 +1,0 @@
-from iotp.cli import app
-
-app()

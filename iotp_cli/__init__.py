@@ -1,0 +1,1 @@
+"""The umbrella ``iotp`` command: a leaf package that imports every component (nothing imports it)."""

@@ -1,0 +1,3 @@
+from iotp_cli.main import app
+
+app()
