@@ -1,5 +1,5 @@
 # The two fresh-machine commands are `make run` and `make test` (see README.md).
-.PHONY: run test stop status bootstrap bootstrap-dev lint
+.PHONY: run test stop status bootstrap bootstrap-dev lint typecheck
 
 run: bootstrap            ## stack + pipeline + simulator + dashboard, in the background
 	.venv/bin/iotp up
@@ -23,3 +23,6 @@ bootstrap-dev:
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+typecheck: bootstrap-dev  ## mypy over the packages in [tool.mypy] files (pyproject.toml)
+	.venv/bin/mypy

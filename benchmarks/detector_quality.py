@@ -36,7 +36,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iotp.devices import DEVICE_TYPES
+from iotp.profiles import shipped_profiles
 from simulator.stream import generate_readings
 from stream_jobs.detectors import load_rules
 from stream_jobs.engine import Effects, Engine
@@ -56,9 +56,9 @@ TARGET_KINDS = ("spike", "drift", "flatline", "dropout")
 
 
 def valid(reading: dict) -> bool:
-    specs = DEVICE_TYPES.get(reading["device_type"], {})
+    profile = shipped_profiles().get(reading["device_type"])
     for name, value in reading["metrics"].items():
-        spec = specs.get(name)
+        spec = profile.metrics.get(name) if profile else None
         if spec is not None and not spec.valid_min <= value <= spec.valid_max:
             return False
     return True

@@ -240,6 +240,9 @@ def main() -> None:
             redis_url=f"redis://127.0.0.1:{free_port()}/0",
             kafka_bootstrap=f"127.0.0.1:{free_port()}",
             gateway_metrics_port=0,
+            # the broker's ACL covers every variant's own prefix b<tag>/telemetry; the gateway and simulator
+            # processes take their MQTT accounts from this state dir (infra/mqtt_auth.py)
+            mqtt_topic_prefix="+/telemetry",
         )
         stack = LocalStack(base)
         stack.up()

@@ -14,7 +14,7 @@ DeviceStatus = Literal["online", "offline"]
 class DeviceState(BaseModel):
     device_id: str
     device_type: str
-    seq: int
+    seq: int | None = Field(description="the newest reading's seq (null: the device sends none)")
     ts: int = Field(description="sensor time of the newest reading, epoch ms")
     last_seen: int = Field(description="when the pipeline last processed a reading, epoch ms")
     status: DeviceStatus = Field(
@@ -171,7 +171,7 @@ def parse_device_hash(
     return DeviceState(
         device_id=fields["device_id"],
         device_type=fields["device_type"],
-        seq=int(fields["seq"]),
+        seq=int(fields["seq"]) if fields.get("seq") else None,
         ts=int(fields["ts"]),
         last_seen=last_seen,
         status=status,

@@ -22,7 +22,9 @@ def gateway(
         int | None,
         typer.Option(help="Prometheus /metrics port (default: IOTP_GATEWAY_METRICS_PORT + index); 0 disables"),
     ] = None,
-    metrics_host: Annotated[str, typer.Option(help="Address of the /metrics endpoint")] = "127.0.0.1",
+    metrics_host: Annotated[
+        str | None, typer.Option(help="Address of the /metrics endpoint (default: IOTP_METRICS_HOST)")
+    ] = None,
     use_uvloop: Annotated[bool, typer.Option("--uvloop/--no-uvloop", help="Run the event loop on uvloop")] = True,
     redis_stats: Annotated[
         bool, typer.Option("--redis-stats/--no-redis-stats", help="Publish counters to the Redis stats hash")
@@ -34,12 +36,19 @@ def gateway(
     from prometheus_client import start_http_server
 
     from gateway.forwarder import Gateway, default_client_id
+    from infra.mqtt_auth import with_local_credentials
     from iotp.settings import get_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("iotp.gateway")
-    settings = get_settings()
-    port = settings.gateway_metrics_port + index if metrics_port is None else metrics_port
+    # by hand against the local stack: its gateway account (under supervisord it comes in IOTP_MQTT_*)
+    settings = with_local_credentials(get_settings(), "gateway")
+    port = (
+        (settings.gateway_metrics_port + index if settings.gateway_metrics_port else 0)
+        if metrics_port is None
+        else metrics_port
+    )
+    metrics_host = metrics_host or settings.metrics_host
     if port:
         try:
             start_http_server(port, addr=metrics_host)

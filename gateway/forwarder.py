@@ -17,7 +17,8 @@ pauses). A second process with the same client id takes the session over: the ga
 error instead of fighting for it.
 
 Counters go to Prometheus (``gateway.metrics``) and, about once a second, to the Redis stats hash
-(``gateway.received``/``forwarded``/``rejected``: MQTT messages / readings / MQTT messages).
+(``gateway.received``/``forwarded``/``rejected``: MQTT messages / readings / MQTT messages;
+``gateway.backfill``: readings accepted as backfill, older than the live skew).
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ import paho.mqtt.client as mqtt
 from aiokafka.errors import KafkaError
 
 from gateway import metrics
-from gateway.validation import Limits, Rejected, topic_device_id, validate_payload
+from gateway.validation import Limits, Rejected, is_backfill, topic_device_id, validate_payload
 from iotp.kafka import make_producer
 from iotp.mqtt import connect, make_client
 from iotp.mqtt_asyncio import AsyncioMqtt
-from iotp.schema import encode_batch, reading_id
+from iotp.profile_store import ProfileWatcher, settings_fallback
+from iotp.schema import encode_batch, order_of, reading_id
 from iotp.settings import Settings
 from iotp.topics import mqtt_subscription, redis_names
 
@@ -82,7 +84,12 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.client_id = client_id or default_client_id()
-        self.limits = Limits(settings.gateway_max_payload_bytes, int(settings.gateway_max_skew_s * 1000))
+        skew_ms = int(settings.gateway_max_skew_s * 1000)
+        self.limits = Limits(
+            settings.gateway_max_payload_bytes,
+            skew_ms,
+            max_backfill_ms=max(skew_ms, int(settings.gateway_max_backfill_s * 1000)),
+        )
         self.max_inflight = settings.gateway_max_inflight
         self.resume_below = int(self.max_inflight * 0.8)
         self.pending: dict[str, DeviceBatch] = {}
@@ -91,10 +98,14 @@ class Gateway:
         self.sends: set[asyncio.Task] = set()
         self.stopping: asyncio.Event | None = None
         self.mqtt: AsyncioMqtt | None = None
-        self.counts = {"received": 0, "forwarded": 0, "rejected": 0, "records": 0}
+        self.counts = {"received": 0, "forwarded": 0, "rejected": 0, "records": 0, "backfill": 0}
         self._received_seen = 0  # of counts["received"], already added to the Prometheus counter
         self.stats_interval_s = stats_interval_s
         self.redis_stats = redis_stats
+        # Device profiles: the file ones until Redis answers, then the live ones (reloaded on change).
+        self.profiles = settings_fallback(settings)
+        self.unknown_type = settings.unknown_device_type
+        self.watcher: ProfileWatcher | None = None
 
     # ------------------------------------------------------------ MQTT callbacks (event loop)
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -137,7 +148,9 @@ class Gateway:
         self.inflight += 1
         now_ms = int(time.time() * 1000)
         try:
-            readings = validate_payload(msg.payload, now_ms, self.limits, topic_device_id(msg.topic))
+            readings = validate_payload(
+                msg.payload, now_ms, self.limits, topic_device_id(msg.topic), self.profiles, self.unknown_type
+            )
         except Rejected as rej:
             metrics.REJECTED.labels(rej.reason.value).inc()
             self.counts["rejected"] += 1
@@ -148,9 +161,20 @@ class Gateway:
             batch = self.pending.get(r.device_id)
             if batch is None:
                 batch = self.pending[r.device_id] = DeviceBatch(r.device_type)
-            batch.readings.append(
-                {"id": reading_id(r.device_id, r.seq), "seq": r.seq, "ts": r.ts, "rx": now_ms, "metrics": r.metrics}
-            )
+            key = r.key
+            item = {
+                "id": reading_id(r.device_id, r.ts, key),
+                "seq": r.seq,
+                "ts": r.ts,
+                "rx": now_ms,
+                "metrics": r.metrics,
+            }
+            if r.seq is None:
+                item["k"] = key
+            if is_backfill(r.ts, now_ms, self.limits):
+                item["bf"] = True
+                self.counts["backfill"] += 1
+            batch.readings.append(item)
             batch.tickets.append(ticket)
             if len(batch.readings) >= MAX_READINGS_PER_RECORD:
                 self._flush_device(r.device_id)
@@ -168,7 +192,7 @@ class Gateway:
 
     def _flush_device(self, device_id: str) -> None:
         batch = self.pending.pop(device_id)
-        batch.readings.sort(key=lambda r: r["seq"])
+        batch.readings.sort(key=order_of)
         value = encode_batch(device_id, batch.device_type, batch.readings)
         self._spawn(self._send(device_id, value, batch))
 
@@ -221,6 +245,7 @@ class Gateway:
                 loop.add_signal_handler(sig, self.stopping.set)
         self.producer = make_producer(self.settings)
         await self._start_producer()
+        profiles_task = await self._start_profiles()
         self.client = make_client(
             self.settings,
             self.client_id,
@@ -244,6 +269,11 @@ class Gateway:
             await self._drain()
         finally:
             flusher.cancel()
+            profiles_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await profiles_task
+            with contextlib.suppress(Exception):
+                await self.watcher.store.redis.aclose()
             await self.mqtt.close()
             await self.producer.stop()
             if stats_task is not None:
@@ -254,6 +284,25 @@ class Gateway:
                 with contextlib.suppress(Exception):
                     await self._redis.aclose()
         return self.exit_code
+
+    async def _start_profiles(self) -> asyncio.Task:
+        """Load the live device profiles once before taking messages, then poll for changes."""
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(self.settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.watcher = ProfileWatcher(
+            client,
+            redis_names(self.settings),
+            self.profiles,
+            self.settings.profiles_poll_s,
+            on_change=self._profiles_changed,
+        )
+        await self.watcher.try_refresh()
+        return asyncio.ensure_future(self.watcher.run())
+
+    def _profiles_changed(self, profiles: dict) -> None:
+        self.profiles = profiles
+        log.info("device profiles loaded (version %s): %s", self.watcher.version, ", ".join(sorted(profiles)))
 
     async def _flush_loop(self) -> None:
         """Send what each device collected, every linger period."""

@@ -13,7 +13,7 @@ from enum import StrEnum
 import orjson
 from pydantic import ValidationError
 
-from iotp.devices import DEVICE_TYPES
+from iotp.profiles import Profiles, UnknownTypePolicy, shipped_profiles
 from iotp.schema import SUPPORTED_VERSIONS, Reading
 
 
@@ -33,6 +33,7 @@ class Reason(StrEnum):
     UNKNOWN_METRIC = "unknown_metric"
     OUT_OF_RANGE = "out_of_range"
     TIMESTAMP_SKEW = "timestamp_skew"
+    TOO_OLD = "too_old"
     TOPIC_MISMATCH = "topic_mismatch"
 
 
@@ -47,8 +48,9 @@ class Rejected(Exception):
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_payload_bytes: int = 65536
-    max_skew_ms: int = 300_000
+    max_skew_ms: int = 300_000  # live window: |ts - now| within it is a live reading
     max_batch: int = 1000
+    max_backfill_ms: int = 7 * 86_400_000  # older than the live window but within this: a backfill reading
 
 
 _NON_FINITE = re.compile(rb"(?<![\"\w])-?(NaN|Infinity)(?![\"\w])")
@@ -93,7 +95,14 @@ def _reason_for(error: dict) -> Reason:
     return Reason.WRONG_TYPE
 
 
-def _validate_one(obj: object, now_ms: int, limits: Limits, topic_device: str | None) -> Reading:
+def _validate_one(
+    obj: object,
+    now_ms: int,
+    limits: Limits,
+    topic_device: str | None,
+    profiles: Profiles,
+    unknown_type: UnknownTypePolicy,
+) -> Reading:
     if not isinstance(obj, dict):
         raise Rejected(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
     device_id = obj.get("device_id") if isinstance(obj.get("device_id"), str) else None
@@ -111,24 +120,8 @@ def _validate_one(obj: object, now_ms: int, limits: Limits, topic_device: str | 
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "payload"
         raise Rejected(_reason_for(first), f"{where}: {first['msg']}", device_id) from None
-    catalogue = DEVICE_TYPES.get(reading.device_type)
-    if catalogue is None:
-        raise Rejected(Reason.UNKNOWN_DEVICE_TYPE, f"device_type {reading.device_type!r} is unknown", device_id)
-    for name, value in reading.metrics.items():
-        spec = catalogue.get(name)
-        if spec is None:
-            raise Rejected(Reason.UNKNOWN_METRIC, f"{reading.device_type} has no metric {name!r}", device_id)
-        if not spec.valid_min <= value <= spec.valid_max:
-            raise Rejected(
-                Reason.OUT_OF_RANGE, f"{name}={value} outside [{spec.valid_min}, {spec.valid_max}]", device_id
-            )
-    if abs(reading.ts - now_ms) > limits.max_skew_ms:
-        raise Rejected(
-            Reason.TIMESTAMP_SKEW,
-            f"ts {reading.ts} is {(reading.ts - now_ms) / 1000:+.0f}s "
-            f"from gateway time (limit ±{limits.max_skew_ms / 1000:.0f}s)",
-            device_id,
-        )
+    check_profile(reading, profiles, unknown_type, device_id)
+    check_time(reading.ts, now_ms, limits, device_id)
     if topic_device is not None and topic_device != reading.device_id:
         raise Rejected(
             Reason.TOPIC_MISMATCH,
@@ -138,20 +131,77 @@ def _validate_one(obj: object, now_ms: int, limits: Limits, topic_device: str | 
     return reading
 
 
+def check_time(ts: int, now_ms: int, limits: Limits, device_id: str | None = None) -> None:
+    """A reading may lie in the future by at most the live skew (clock error), and in the past by at most
+    the backfill bound (a device uploading what it buffered while offline); see :func:`is_backfill`."""
+    if ts - now_ms > limits.max_skew_ms:
+        raise Rejected(
+            Reason.TIMESTAMP_SKEW,
+            f"ts {ts} is {(ts - now_ms) / 1000:+.0f}s in the future of gateway time "
+            f"(limit +{limits.max_skew_ms / 1000:.0f}s, IOTP_GATEWAY_MAX_SKEW_S)",
+            device_id,
+        )
+    if now_ms - ts > limits.max_backfill_ms:
+        raise Rejected(
+            Reason.TOO_OLD,
+            f"ts {ts} is {(now_ms - ts) / 86_400_000:.1f} days old, beyond the backfill bound of "
+            f"{limits.max_backfill_ms / 86_400_000:g} days (IOTP_GATEWAY_MAX_BACKFILL_S)",
+            device_id,
+        )
+
+
+def is_backfill(ts: int, now_ms: int, limits: Limits) -> bool:
+    """Older than the live window: history only (raw table and rollups), not live windows or detectors."""
+    return now_ms - ts > limits.max_skew_ms
+
+
+def check_profile(
+    reading: Reading, profiles: Profiles, unknown_type: UnknownTypePolicy, device_id: str | None = None
+) -> None:
+    """The device profile's checks: known type (or ``unknown_type="accept"``: metric names were already
+    checked by the schema, values are not range-checked), known metrics, values inside the valid range."""
+    profile = profiles.get(reading.device_type)
+    if profile is None:
+        if unknown_type == "accept":
+            return
+        raise Rejected(
+            Reason.UNKNOWN_DEVICE_TYPE,
+            f"device_type {reading.device_type!r} has no device profile (known: {', '.join(sorted(profiles))})",
+            device_id,
+        )
+    for name, value in reading.metrics.items():
+        spec = profile.metrics.get(name)
+        if spec is None:
+            raise Rejected(Reason.UNKNOWN_METRIC, f"{reading.device_type} has no metric {name!r}", device_id)
+        if not spec.valid_min <= value <= spec.valid_max:
+            raise Rejected(
+                Reason.OUT_OF_RANGE, f"{name}={value} outside [{spec.valid_min}, {spec.valid_max}]", device_id
+            )
+
+
 def validate_payload(
-    raw: bytes, now_ms: int, limits: Limits = Limits(), topic_device: str | None = None
+    raw: bytes,
+    now_ms: int,
+    limits: Limits = Limits(),
+    topic_device: str | None = None,
+    profiles: Profiles | None = None,
+    unknown_type: UnknownTypePolicy = "reject",
 ) -> list[Reading]:
     """All readings of the payload, or :class:`Rejected` for the first problem found.
 
-    A batch is accepted or rejected as a whole, so a reject keeps the original bytes intact.
+    ``profiles``: the device profiles to check against (default: the shipped ones); ``unknown_type``: what
+    to do with a device type that has none. A batch is accepted or rejected as a whole, so a reject keeps
+    the original bytes intact.
     """
+    if profiles is None:
+        profiles = shipped_profiles()
     obj = _decode(raw, limits)
     items = obj if isinstance(obj, list) else [obj]
     if not items:
         raise Rejected(Reason.EMPTY_BATCH, "empty array")
     if len(items) > limits.max_batch:
         raise Rejected(Reason.TOO_LARGE, f"{len(items)} readings > batch limit {limits.max_batch}")
-    return [_validate_one(item, now_ms, limits, topic_device) for item in items]
+    return [_validate_one(item, now_ms, limits, topic_device, profiles, unknown_type) for item in items]
 
 
 def topic_device_id(topic: str) -> str | None:

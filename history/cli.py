@@ -3,17 +3,27 @@ embedded mode the API process runs it, because one process owns the chDB directo
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 
-def sink() -> None:
+def sink(
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus /metrics port (default: IOTP_SINK_METRICS_PORT); 0 disables")
+    ] = None,
+) -> None:
     import asyncio
     import logging
     import signal
 
+    from prometheus_client import REGISTRY
+
     from history.client import get_client
+    from history.metrics import SinkCollector
     from history.migrations import migrate
     from history.sink import ClickHouseSink
+    from iotp.metrics_server import serve_metrics
     from iotp.settings import get_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -37,7 +47,12 @@ def sink() -> None:
             loop.add_signal_handler(sig, stop.set)
         redis = aioredis.from_url(settings.redis_url)
         try:
-            await ClickHouseSink(settings, client, redis=redis).run(stop)
+            sink = ClickHouseSink(settings, client, redis=redis)
+            port = settings.sink_metrics_port if metrics_port is None else metrics_port
+            if port:
+                REGISTRY.register(SinkCollector(lambda: sink))
+                serve_metrics(port, settings.metrics_host, logging.getLogger("iotp.sink"))
+            await sink.run(stop)
         finally:
             await redis.aclose()
 

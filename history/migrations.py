@@ -8,7 +8,9 @@ at the next start without a new migration.
 
 Schema (see docs/history.md):
 
-- ``readings``: raw readings, plain MergeTree (not Replacing), one row per device x metric x reading,
+- ``readings``: raw readings, plain MergeTree (not Replacing), one row per device x metric x reading; a
+  reading is identified by ``(device_id, ts, seq)`` where ``seq`` holds ``iotp.schema.reading_key`` (the
+  device's seq, or ``2^63 | hash of the metrics`` for a device that sends none; alias ``has_seq``),
   partitioned by day, ordered by (device_id, metric, ts). Idempotence comes from insert deduplication tokens
   (``non_replicated_deduplication_window``, on the rollup tables as well: the views deduplicate by the same
   token), so the rollups never count a redelivered block twice.
@@ -19,7 +21,9 @@ Schema (see docs/history.md):
 - ``alerts``: open/resolved events (alerts topic), ReplacingMergeTree(version) keyed by alert id; the latest
   event of an alert (resolved beats open, then newest ``last_seen``) survives.
 - ``sink_plans``: per Kafka partition, the offset range of the batch the sink is about to insert, written
-  before the insert, so a restarted sink re-forms exactly that batch and re-sends it with the same token.
+  before the insert, so a restarted sink re-forms exactly that batch and re-sends it with the same token;
+  ``last_fp`` fingerprints the block's last record, so a plan of another incarnation of the topic is
+  recognised (``iotp.kafka_marks``).
 """
 
 from __future__ import annotations
@@ -184,6 +188,21 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE {db}.readings ADD COLUMN IF NOT EXISTS stored_ts DateTime64(3, 'UTC') DEFAULT now64(3) "
             "CODEC(DoubleDelta, LZ4)",
         ],
+    ),
+    (
+        4,
+        "reading identity (device_id, ts, seq): seq holds the key (seq, or >= 2^63 for a device without seq)",
+        [
+            "ALTER TABLE {db}.readings MODIFY COLUMN reading_id String ALIAS "
+            "concat(device_id, ':', toString(toUnixTimestamp64Milli(ts)), ':', toString(seq))",
+            "ALTER TABLE {db}.readings ADD COLUMN IF NOT EXISTS has_seq UInt8 ALIAS seq < 9223372036854775808",
+        ],
+    ),
+    (
+        5,
+        "sink_plans.last_fp: fingerprint of the planned block's last record (a plan of another topic "
+        "incarnation is discarded, not replayed)",
+        ["ALTER TABLE {db}.sink_plans ADD COLUMN IF NOT EXISTS last_fp String DEFAULT ''"],
     ),
 ]
 

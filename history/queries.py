@@ -14,6 +14,7 @@ from typing import Literal
 from clickhouse_connect.driver.client import Client
 
 from history.migrations import QUANTILES, TABLES, current_ttl_days
+from iotp.schema import NO_SEQ
 
 Resolution = Literal["raw", "1m", "1h"]
 STEP_S = {"1m": 60, "1h": 3600}
@@ -329,10 +330,12 @@ def count_rows(client: Client, database: str) -> dict[str, int]:
 
 def ingest_check(client: Client, database: str, device_prefix: str) -> dict:
     """What reached the raw table for devices whose id starts with ``device_prefix`` (the load test tags its
-    fleet this way): distinct readings, duplicate rows, readings missing inside each device's consecutive
-    ``seq`` range, and sensor time -> stored latency (``stored_ts - ts``) percentiles in ms."""
+    fleet this way): distinct readings (identities ``(device_id, ts, seq)``), duplicate rows, readings missing
+    inside each device's sequence runs, and sensor time -> stored latency (``stored_ts - ts``) percentiles in
+    ms. A run is a device's readings in time order while ``seq`` increases: a reboot (seq back, time forward)
+    starts a new run instead of counting as a gap; readings without seq have no runs."""
     row = client.query(
-        f"SELECT uniqExact(device_id, seq), count(), count() - uniqExact(device_id, metric, seq), "
+        f"SELECT uniqExact(device_id, ts, seq), count(), count() - uniqExact(device_id, metric, ts, seq), "
         "uniqExact(device_id), "
         "quantilesExact(0.5, 0.95, 0.99)(dateDiff('millisecond', ts, stored_ts)), "
         "max(dateDiff('millisecond', ts, stored_ts)) "
@@ -341,10 +344,12 @@ def ingest_check(client: Client, database: str, device_prefix: str) -> dict:
     ).result_rows[0]
     readings, rows, duplicates, devices, quantiles, worst = row
     gaps = client.query(
-        "SELECT sum(max_seq - min_seq + 1 - n) FROM (SELECT device_id, min(seq) AS min_seq, max(seq) AS max_seq, "
-        f"uniqExact(seq) AS n FROM {database}.readings WHERE startsWith(device_id, {{prefix:String}}) "
-        "GROUP BY device_id)",
-        parameters={"prefix": device_prefix},
+        "SELECT sum(if(seq > prev, seq - prev - 1, 0)) FROM ("
+        "  SELECT seq, lagInFrame(toNullable(seq)) OVER (PARTITION BY device_id ORDER BY ts, seq "
+        "  ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS prev FROM ("
+        f"    SELECT DISTINCT device_id, ts, seq FROM {database}.readings "
+        "    WHERE startsWith(device_id, {prefix:String}) AND seq < {no_seq:UInt64}))",
+        parameters={"prefix": device_prefix, "no_seq": NO_SEQ},
     ).result_rows[0][0]
     latency = (
         {"p50": float(quantiles[0]), "p95": float(quantiles[1]), "p99": float(quantiles[2]), "max": float(worst)}

@@ -14,7 +14,10 @@ Idempotence (see docs/history.md for the measurements behind the choice):
 - One insert per Kafka partition per flush, and *before* inserting, the sink writes the offset range of each
   partition's block into ``sink_plans``. A sink that restarts (or takes a partition over after a rebalance)
   reads the plan, re-forms exactly the same block from the committed offset up to the planned last offset,
-  and sends it with the same token: if the earlier insert had landed, ClickHouse drops it.
+  and sends it with the same token: if the earlier insert had landed, ClickHouse drops it. A plan also stores
+  the fingerprint of its last record (``iotp.kafka_marks``); one that does not match Kafka any more (broker
+  wiped, topic recreated: the offsets now hold other records) is discarded with a warning and counted
+  (``sink.reset_discarded``) -- replaying its token would make ClickHouse drop the *new* records.
 - Window aggregates and alerts go into ReplacingMergeTree tables keyed by the window / alert id, which a
   redelivered record simply replaces (no materialized views hang off them).
 
@@ -44,7 +47,8 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError,
 from pydantic import ValidationError
 
 from iotp.kafka import make_consumer, make_producer
-from iotp.schema import Alert, WindowAggregate
+from iotp.kafka_marks import Mark, check_marks, fingerprint
+from iotp.schema import NO_SEQ, Alert, WindowAggregate, reading_key
 from iotp.settings import Settings
 from iotp.topics import RedisNames
 
@@ -89,7 +93,10 @@ def _str(value: Any, name: str) -> str:
 
 
 def decode_readings(raw: bytes | None) -> list[tuple]:
-    """A :class:`iotp.schema.ReadingBatch` -> rows of ``readings`` (one per reading x metric)."""
+    """A :class:`iotp.schema.ReadingBatch` -> rows of ``readings`` (one per reading x metric).
+
+    The ``seq`` column holds the reading's key (``iotp.schema.reading_key``): the seq, or for a device that
+    sends none ``NO_SEQ | metrics hash`` (>= 2^63), so ``(device_id, ts, seq)`` is the identity in ClickHouse."""
     try:
         batch = orjson.loads(raw or b"")
     except orjson.JSONDecodeError as exc:
@@ -104,11 +111,17 @@ def decode_readings(raw: bytes | None) -> list[tuple]:
             raise Rejected("reading without a 'metrics' object")
         ts = _int(r.get("ts"), "ts", 0, MAX_TS_MS)
         rx = _int(r.get("rx", ts), "rx", 0, MAX_TS_MS)
-        seq = _int(r.get("seq"), "seq")
+        seq = r.get("seq")
+        if seq is not None:
+            key = _int(seq, "seq", 0, NO_SEQ)
+        elif r.get("k") is not None:
+            key = _int(r["k"], "k", NO_SEQ, 2**64)
+        else:  # a producer that did not set the key of a seq-less reading: the same rule as the gateway
+            key = reading_key(None, r["metrics"])
         for metric, value in r["metrics"].items():
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise Rejected(f"metric {metric!r} is not a finite number: {value!r}")
-            rows.append((device_id, device_type, _str(metric, "metric"), ts, float(value), seq, rx))
+            rows.append((device_id, device_type, _str(metric, "metric"), ts, float(value), key, rx))
     return rows
 
 
@@ -243,6 +256,7 @@ class Plan:
     first: int
     last: int
     token: str
+    fp: str = ""  # fingerprint of the record at ``last``: which incarnation of the topic the plan is about
 
 
 @dataclass
@@ -286,6 +300,9 @@ class ClickHouseSink:
         self.batches_written = 0
         self.dead_lettered = 0
         self.retries = 0
+        self.reset_discarded = 0  # plans of another topic incarnation thrown away
+        self._published_resets = 0
+        self.lag = 0  # records behind the high watermark, as last published (read by the /metrics collector)
         self._buffers: dict[TopicPartition, Buffer] = {}
         self._plans: dict[TopicPartition, Plan] = {}
         self._oldest = 0.0
@@ -351,27 +368,28 @@ class ClickHouseSink:
             raise
 
     def _write_plans(self, plans: list[tuple[TopicPartition, Plan]]) -> None:
-        rows = [[self.settings.sink_group, tp.topic, tp.partition, p.first, p.last, p.token] for tp, p in plans]
+        rows = [[self.settings.sink_group, tp.topic, tp.partition, p.first, p.last, p.token, p.fp] for tp, p in plans]
         self.client.insert(
             f"{self.database}.sink_plans",
             rows,
-            column_names=["group_id", "topic", "partition", "first_offset", "last_offset", "token"],
+            column_names=["group_id", "topic", "partition", "first_offset", "last_offset", "token", "last_fp"],
         )
 
     def _read_plans(self, tps: list[TopicPartition]) -> dict[TopicPartition, Plan]:
         result = self.client.query(
             "SELECT topic, partition, argMax(first_offset, (created, last_offset)), "
-            "argMax(last_offset, (created, last_offset)), argMax(token, (created, last_offset)) "
+            "argMax(last_offset, (created, last_offset)), argMax(token, (created, last_offset)), "
+            "argMax(last_fp, (created, last_offset)) "
             f"FROM {self.database}.sink_plans WHERE group_id = {{g:String}} "
             "AND topic IN {topics:Array(String)} GROUP BY topic, partition",
             parameters={"g": self.settings.sink_group, "topics": sorted({tp.topic for tp in tps})},
         )
         wanted = set(tps)
         out = {}
-        for topic, partition, first, last, token in result.result_rows:
+        for topic, partition, first, last, token, fp in result.result_rows:
             tp = TopicPartition(topic, partition)
             if tp in wanted:
-                out[tp] = Plan(first, last, token)
+                out[tp] = Plan(first, last, token, fp)
         return out
 
     def _healthy(self) -> bool:
@@ -408,6 +426,7 @@ class ClickHouseSink:
         if not readings:
             return
         plans = await self._retrying("reading sink plans", lambda: self._read_plans(readings))
+        plans = await self._current_incarnation(plans)
         for tp, plan in plans.items():
             committed = await self._consumer.committed(tp)
             start = plan.first if committed is None else committed
@@ -416,6 +435,36 @@ class ClickHouseSink:
                 self._plans[tp] = plan
             else:
                 self._plans.pop(tp, None)
+
+    async def _current_incarnation(self, plans: dict[TopicPartition, Plan]) -> dict[TopicPartition, Plan]:
+        """The plans whose last record is still in Kafka with the same fingerprint. The others are about
+        another incarnation of the topic (wiped broker, recreated topic): replaying their tokens would make
+        ClickHouse drop new records as duplicates, so they are discarded, loudly."""
+        if not plans:
+            return plans
+        marks = {tp: Mark(p.last + 1, p.fp) for tp, p in plans.items()}
+        verdicts = await check_marks(self.settings, marks)
+        for _ in range(2):  # the broker did not answer in time (busy, restarting): ask again before giving up
+            unknown = {tp: marks[tp] for tp, v in verdicts.items() if v.unknown}
+            if not unknown:
+                break
+            verdicts.update(await check_marks(self.settings, unknown))
+        kept = {}
+        for tp, plan in plans.items():
+            verdict = verdicts[tp]
+            if verdict.valid:
+                kept[tp] = plan
+                continue
+            self.reset_discarded += 1
+            log.warning(
+                "discarding the sink plan %s[%d..%d] (token %s): %s; the partition is written with new tokens",
+                tp,
+                plan.first,
+                plan.last,
+                plan.token,
+                verdict.reason,
+            )
+        return kept
 
     # --- the loop ---
 
@@ -472,7 +521,8 @@ class ClickHouseSink:
                 if plan is None:
                     first, last = buffer.records[0], buffer.records[-1]
                     token = f"{tp.topic}:{tp.partition}:{first.offset}-{last.offset}:{first.timestamp}-{last.timestamp}"
-                    blocks.append(Block(target, good, token, (tp, Plan(first.offset, last.offset, token))))
+                    plan = Plan(first.offset, last.offset, token, fingerprint(last.timestamp, last.value))
+                    blocks.append(Block(target, good, token, (tp, plan)))
                 else:
                     blocks.append(Block(target, good, plan.token))
             else:
@@ -537,7 +587,7 @@ class ClickHouseSink:
             return
         self.rows_written += rows
         self.readings_written += sum(
-            len({row[5] for row in r.rows})
+            len({(row[3], row[5]) for row in r.rows})  # distinct identities (ts, key) of the record
             for b in blocks
             if b.target.per_partition
             for r in b.records
@@ -578,15 +628,20 @@ class ClickHouseSink:
             key = RedisNames(self.settings.redis_prefix).stats_key
             delta = self.rows_written - self._published_rows
             readings = self.readings_written - self._published_readings
+            resets = self.reset_discarded - self._published_resets
             pipe = self.redis.pipeline(transaction=False)
             if delta:
                 pipe.hincrby(key, "sink.rows", delta)
             if readings:
                 pipe.hincrby(key, "sink.readings", readings)
+            if resets:
+                pipe.hincrby(key, "sink.reset_discarded", resets)
             pipe.hset(key, mapping={"sink.lag": lag, "sink.updated_ms": int(time.time() * 1000)})
+            self.lag = lag
             await pipe.execute()
             self._published_rows += delta
             self._published_readings += readings
+            self._published_resets += resets
         except Exception as exc:
             log.debug("publishing sink stats failed: %s", exc)
 

@@ -24,7 +24,9 @@ def tansu_binary() -> Path:
     return binary
 
 
-def broker_command(host: str, port: int) -> list[str]:
+def broker_command(host: str, port: int, storage_url: str = "memory://tansu/") -> list[str]:
+    """tansu listening on ``host:port`` with the given ``--storage-engine`` URL (see
+    ``infra.kafka_storage.broker_storage``: ``s3://`` is durable, ``memory://`` is not)."""
     url = f"tcp://{host}:{port}"
     return [
         str(tansu_binary()),
@@ -34,5 +36,5 @@ def broker_command(host: str, port: int) -> list[str]:
         "--advertised-listener-url",
         url,
         "--storage-engine",
-        "memory://tansu/",
+        storage_url,
     ]

@@ -17,12 +17,15 @@ from urllib.parse import urlparse
 
 from infra.kafka_admin import create_topics_sync
 from infra.kafka_broker import broker_command
+from infra.kafka_storage import broker_storage, store_command
+from infra.mqtt_auth import GATEWAY, SIMULATOR, MqttAuth, credentials_env
 from infra.ports import port_open, wait_port
 from infra.supervisor import Program, Supervisor
 from infra.system_packages import ensure_binaries
 from iotp.settings import Settings
 
 SERVICES_GROUP = "services"
+KAFKA_STORE = "kafka-store"  # the local broker's durable store (infra/kafka_storage.py)
 PIPELINE_GROUP = "pipeline"
 
 
@@ -70,7 +73,14 @@ class LocalStack:
             Endpoint("mosquitto", s.mqtt_host, s.mqtt_port),
             Endpoint("redis", redis.hostname or "127.0.0.1", redis.port or 6379),
             Endpoint("kafka", kafka_host, int(kafka_port)),
+            *self._store_endpoints(kafka_host),
         ]
+
+    def _store_endpoints(self, kafka_host: str) -> list[Endpoint]:
+        """The local broker's durable store (``IOTP_KAFKA_STORAGE=s3``), on the broker's host."""
+        if self.settings.kafka_storage != "s3":
+            return []
+        return [Endpoint(KAFKA_STORE, kafka_host, self.settings.kafka_storage_port)]
 
     # -------------------------------------------------------------- programs
     def _service_programs(self) -> list[Program]:
@@ -79,9 +89,14 @@ class LocalStack:
         mosquitto_conf = self.run_dir / "mosquitto.conf"
         mosquitto_dir = self.run_dir / "mosquitto"
         mosquitto_dir.mkdir(parents=True, exist_ok=True)
+        auth = self.mqtt_auth()
+        auth.ensure_services()  # generated on the first `up`, kept afterwards; writes passwd + ACL
         mosquitto_conf.write_text(
             f"listener {ep['mosquitto'].port} {ep['mosquitto'].host}\n"
-            "allow_anonymous true\n"
+            # Per-device accounts and an ACL (infra/mqtt_auth.py, docs/security.md); reloaded on SIGHUP.
+            "allow_anonymous false\n"
+            f"password_file {auth.password_file}\n"
+            f"acl_file {auth.acl_file}\n"
             # Run as the invoking user (Debian's mosquitto would drop root to "mosquitto", which cannot
             # write the persistence files under a private state dir).
             f"user {getpass.getuser()}\n"
@@ -123,11 +138,63 @@ class LocalStack:
                 SERVICES_GROUP,
                 priority=10,
             ),
-            Program("kafka", broker_command(ep["kafka"].host, ep["kafka"].port), SERVICES_GROUP, priority=10),
+            *self._kafka_programs(ep),
         ]
+
+    def _kafka_programs(self, ep: dict[str, Endpoint]) -> list[Program]:
+        """tansu, and with durable storage its store first. The broker does not autostart: ``up`` starts it
+        once the store answers, so it never begins on a store that is not there yet."""
+        store = ep.get(KAFKA_STORE)
+        storage_url, storage_env = broker_storage(
+            self.settings.kafka_storage, store.host if store else "", store.port if store else 0
+        )
+        kafka = Program(
+            "kafka",
+            broker_command(ep["kafka"].host, ep["kafka"].port, storage_url),
+            SERVICES_GROUP,
+            autostart=store is None,
+            env=storage_env,
+            priority=10,
+        )
+        if store is None:
+            return [kafka]
+        store_dir = self.run_dir / KAFKA_STORE
+        return [
+            Program(KAFKA_STORE, store_command(store.host, store.port, store_dir), SERVICES_GROUP, priority=5),
+            kafka,
+        ]
+
+    def _start_store(self, timeout: float) -> None:
+        """Start the broker's durable store (if configured) and wait until it answers."""
+        store = next((e for e in self.endpoints() if e.name == KAFKA_STORE), None)
+        if store is None:
+            return
+        state = {p["name"]: p["statename"] for p in self.supervisor.processes()}.get(KAFKA_STORE)
+        if state not in ("RUNNING", "STARTING"):
+            self.supervisor.start(KAFKA_STORE)
+        try:
+            wait_port(store.host, store.port, timeout, KAFKA_STORE)
+        except TimeoutError as exc:
+            raise StackError(f"{exc}; see {self.supervisor.log_dir / (KAFKA_STORE + '.log')}") from exc
+
+    def mqtt_auth(self) -> MqttAuth:
+        return MqttAuth(self.run_dir, self.settings.mqtt_topic_prefix)
+
+    def reload_mqtt_auth(self) -> bool:
+        """Make a running Mosquitto re-read its password and ACL files (SIGHUP); False if it is not running."""
+        if not any(p["name"] == "mosquitto" and p["statename"] == "RUNNING" for p in self.supervisor.processes()):
+            return False
+        self.supervisor.signal("mosquitto", "HUP")
+        return True
 
     def _pipeline_programs(self, simulate_args: list[str], gateways: int = 1, workers: int = 1) -> list[Program]:
         env = settings_env(self.settings)
+        # MQTT accounts of their own for the gateways and the simulator; the other processes use no MQTT.
+        env.pop("IOTP_MQTT_USERNAME", None)
+        env.pop("IOTP_MQTT_PASSWORD", None)
+        accounts = self.mqtt_auth().ensure_services()
+        gateway_env = {**env, **credentials_env(accounts[GATEWAY])}
+        simulator_env = {**env, **credentials_env(accounts[SIMULATOR])}
         iotp = [sys.executable, "-m", "iotp_cli"]
         programs = []
         for i in range(gateways):
@@ -145,18 +212,31 @@ class LocalStack:
                     ],
                     PIPELINE_GROUP,
                     autostart=False,
-                    env=env,
+                    env=gateway_env,
                     priority=20,
                 )
             )
         for i in range(workers):
+            stream_port = self.settings.stream_metrics_port + i if self.settings.stream_metrics_port else 0
             programs.append(
-                Program(f"stream-{i}", [*iotp, "stream"], PIPELINE_GROUP, autostart=False, env=env, priority=20)
+                Program(
+                    f"stream-{i}",
+                    [*iotp, "stream", "--index", str(i), "--metrics-port", str(stream_port)],
+                    PIPELINE_GROUP,
+                    autostart=False,
+                    env=env,
+                    priority=20,
+                )
             )
         programs.append(Program("api", [*iotp, "api"], PIPELINE_GROUP, autostart=False, env=env, priority=30))
         programs.append(
             Program(
-                "simulator", [*iotp, "simulate", *simulate_args], PIPELINE_GROUP, autostart=False, env=env, priority=40
+                "simulator",
+                [*iotp, "simulate", *simulate_args],
+                PIPELINE_GROUP,
+                autostart=False,
+                env=simulator_env,
+                priority=40,
             )
         )
         return programs
@@ -172,12 +252,14 @@ class LocalStack:
                 names = ", ".join(f"{e.name} {e.host}:{e.port}" for e in taken)
                 raise StackError(
                     f"port already in use by another process: {names}. Stop that process or choose "
-                    "other ports (IOTP_MQTT_PORT, IOTP_REDIS_URL, IOTP_KAFKA_BOOTSTRAP)."
+                    "other ports (IOTP_MQTT_PORT, IOTP_REDIS_URL, IOTP_KAFKA_BOOTSTRAP, IOTP_KAFKA_STORAGE_PORT)."
                 )
         programs = self._service_programs()
         programs += self._pipeline_programs(simulate_args or [], gateways, workers)
         self.supervisor.write_config(programs)
+        self.supervisor.conf.chmod(0o600)  # the programs' environment holds the MQTT passwords and API token
         self.supervisor.start_daemon()
+        self._start_store(timeout)
         self.supervisor.start_group(SERVICES_GROUP)
         for endpoint in self.endpoints():
             try:
@@ -212,6 +294,14 @@ class LocalStack:
         raise StackError(f"dashboard API not ready within {timeout:.0f}s; see {self.supervisor.log_dir / 'api.log'}")
 
     def down(self) -> None:
+        """Stop in dependency order, then supervisord. Left to itself, supervisord stops the services group
+        before the pipeline and every program of a group at once, so the pipeline's last offset commits
+        would miss the broker, and the broker's last writes its store."""
+        if self.supervisor.running():
+            self.supervisor.stop_group(PIPELINE_GROUP)
+            for name in ("kafka", KAFKA_STORE):
+                if any(p["name"] == name and p["statename"] == "RUNNING" for p in self.supervisor.processes()):
+                    self.supervisor.stop(name)
         self.supervisor.shutdown()
 
     def status(self) -> list[dict]:

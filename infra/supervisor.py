@@ -14,6 +14,7 @@ import time
 import xmlrpc.client
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
@@ -96,7 +97,7 @@ class Supervisor:
         self.conf.write_text("\n".join(lines))
 
     # ---------------------------------------------------------------- control
-    def _proxy(self) -> xmlrpc.client.ServerProxy:
+    def _proxy(self) -> Any:  # XML-RPC answers are untyped: typeshed's union of every marshallable type
         transport = SupervisorTransport(None, None, f"unix://{self.sock}")
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
@@ -148,6 +149,10 @@ class Supervisor:
 
     def stop(self, name: str) -> None:
         self._proxy().supervisor.stopProcess(self._qualified(name), True)
+
+    def signal(self, name: str, signal_name: str) -> None:
+        """Send a signal (e.g. ``HUP``) to one program's process."""
+        self._proxy().supervisor.signalProcess(self._qualified(name), signal_name)
 
     def processes(self) -> list[dict]:
         if not self.running():

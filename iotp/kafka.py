@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from iotp.settings import Settings
 
 
-def make_producer(settings: Settings, **overrides) -> AIOKafkaProducer:
+def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     compression = settings.kafka_compression if settings.kafka_compression not in (None, "none") else None
     options = dict(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -23,7 +25,7 @@ def make_producer(settings: Settings, **overrides) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
-def make_consumer(settings: Settings, *topics: str, group_id: str | None, **overrides) -> AIOKafkaConsumer:
+def make_consumer(settings: Settings, *topics: str, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:
     options = dict(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=group_id,

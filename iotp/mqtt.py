@@ -6,6 +6,7 @@ import ssl
 import uuid
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from iotp.settings import Settings
 
@@ -33,7 +34,7 @@ def make_client(
             ca_certs=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT
         )
     client.reconnect_delay_set(min_delay=1, max_delay=30)
-    client._iotp_clean_start = clean_start  # read by connect()
+    client._iotp_clean_start = clean_start  # type: ignore[attr-defined]  # read by connect()
     return client
 
 
@@ -52,3 +53,32 @@ def connect(client: mqtt.Client, settings: Settings, session_expiry_s: int = 0) 
         clean_start=getattr(client, "_iotp_clean_start", True),
         properties=props,
     )
+
+
+def broker_accepts(settings: Settings, timeout: float = 5.0) -> bool:
+    """Whether the broker accepts a connection with the settings' credentials (CONNACK success)."""
+    import threading
+
+    result: dict[str, bool] = {}
+    done = threading.Event()
+    client = make_client(settings)
+
+    def on_connect(
+        client: mqtt.Client, userdata: object, flags: object, reason_code: ReasonCode, properties: object
+    ) -> None:
+        result["ok"] = not reason_code.is_failure
+        done.set()
+
+    client.on_connect = on_connect
+    client.reconnect_delay_set(min_delay=1, max_delay=1)
+    try:
+        connect(client, settings)
+    except OSError:
+        return False
+    client.loop_start()
+    try:
+        done.wait(timeout)
+        return result.get("ok", False)
+    finally:
+        client.disconnect()
+        client.loop_stop()

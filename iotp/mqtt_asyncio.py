@@ -16,8 +16,12 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import SocketLike
 
 log = logging.getLogger("iotp.mqtt")
 
@@ -31,7 +35,7 @@ class AsyncioMqtt:
         self._connect = connect
         self.loop = asyncio.get_running_loop()
         self.min_backoff, self.max_backoff = min_backoff, max_backoff
-        self._sock: socket.socket | None = None
+        self._sock: SocketLike | None = None
         self._paused = False
         self._closing = False
         self._misc: asyncio.Task | None = None
@@ -42,15 +46,16 @@ class AsyncioMqtt:
         client.on_socket_unregister_write = self._on_unregister_write
 
     # ------------------------------------------------------------- socket callbacks
-    def _on_socket_open(self, client, userdata, sock) -> None:
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: SocketLike) -> None:
         self._sock = sock
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        if isinstance(sock, socket.socket):  # TCP or TLS (not paho's websocket wrapper)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         if not self._paused:
             self.loop.add_reader(sock, self._readable)
         if self._misc is None or self._misc.done():
             self._misc = self.loop.create_task(self._misc_loop())
 
-    def _on_socket_close(self, client, userdata, sock) -> None:
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: SocketLike) -> None:
         with contextlib.suppress(Exception):
             self.loop.remove_reader(sock)
             self.loop.remove_writer(sock)
@@ -58,10 +63,10 @@ class AsyncioMqtt:
         if not self._closing and (self._reconnect is None or self._reconnect.done()):
             self._reconnect = self.loop.create_task(self._reconnect_loop())
 
-    def _on_register_write(self, client, userdata, sock) -> None:
+    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: SocketLike) -> None:
         self.loop.add_writer(sock, client.loop_write)
 
-    def _on_unregister_write(self, client, userdata, sock) -> None:
+    def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: SocketLike) -> None:
         self.loop.remove_writer(sock)
 
     def _readable(self) -> None:

@@ -5,8 +5,15 @@ MQTT payload, schema version 1 -- one reading, or a JSON array of readings of on
     {"v": 1, "device_id": "climate-0001", "device_type": "climate", "seq": 17,
      "ts": 1763800000123, "metrics": {"temperature": 21.4, "humidity": 41.0, "co2": 612.0}}
 
-``ts`` is the sensor's clock in epoch milliseconds (UTC); ``seq`` increases by one per reading of a
-device and, with the device id, makes the reading id that every downstream stage deduplicates on.
+``ts`` is the sensor's clock in epoch milliseconds (UTC). ``seq`` is optional: a counter the device
+increases per reading, which real devices reset when they reboot.
+
+Reading identity (what every stage deduplicates on) is ``(device_id, ts, key)``, where ``key`` is the
+``seq`` when the device sends one and otherwise ``NO_SEQ | hash63(metrics)`` (see :func:`reading_key`). A
+redelivery repeats all three; a rebooted device repeats a ``seq`` but not its ``ts``, so its readings are
+new. Two different readings of a seq-less device in the same millisecond differ in their metrics, hence
+in the key, and are both kept; the same metrics at the same millisecond are one reading. Order (latest
+state, in-order vs out-of-order) is ``(ts, key)``: time first, ``seq`` only breaks ties.
 
 Kafka record on the readings topic: key = device id (so a device's readings stay ordered in one
 partition), value = a :class:`ReadingBatch` -- the normalized readings of that device that the gateway
@@ -16,6 +23,7 @@ cost of the stream jobs affordable (see docs/architecture.md).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from typing import Annotated, Literal
@@ -23,7 +31,7 @@ from typing import Annotated, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 SUPPORTED_VERSIONS = frozenset({1})
 
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -38,7 +46,7 @@ class Reading(BaseModel):
     v: Literal[1] = SCHEMA_VERSION
     device_id: DeviceId
     device_type: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
-    seq: int = Field(ge=0, lt=2**63)
+    seq: int | None = Field(None, ge=0, lt=2**63, description="optional per-device counter (resets on reboot)")
     ts: int = Field(ge=0, lt=2**47, description="sensor time, epoch milliseconds UTC")
     metrics: dict[MetricName, float] = Field(min_length=1, max_length=64)
 
@@ -51,8 +59,12 @@ class Reading(BaseModel):
         return metrics
 
     @property
+    def key(self) -> int:
+        return reading_key(self.seq, self.metrics)
+
+    @property
     def reading_id(self) -> str:
-        return reading_id(self.device_id, self.seq)
+        return reading_id(self.device_id, self.ts, self.key)
 
 
 def now_ms() -> int:
@@ -60,8 +72,33 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def reading_id(device_id: str, seq: int) -> str:
-    return f"{device_id}:{seq}"
+NO_SEQ = 1 << 63  # keys at or above this stand for "no seq": NO_SEQ | 63-bit hash of the metrics
+
+
+def reading_key(seq: int | None, metrics: dict[str, float]) -> int:
+    """The reading's key within ``(device_id, ts)``: its ``seq``, or for a device that sends none a 63-bit
+    hash of its metrics (sorted names, exact float values) above :data:`NO_SEQ`, so it never equals a seq.
+    Fits ClickHouse's ``UInt64`` ``seq`` column, which stores exactly this key."""
+    if seq is not None:
+        return seq
+    digest = hashlib.blake2b(orjson.dumps(metrics, option=orjson.OPT_SORT_KEYS), digest_size=8).digest()
+    return NO_SEQ | (int.from_bytes(digest, "big") & (NO_SEQ - 1))
+
+
+def reading_id(device_id: str, ts: int, key: int) -> str:
+    """``device:ts:key`` -- the identity as one string (ClickHouse's ``reading_id`` alias is the same)."""
+    return f"{device_id}:{ts}:{key}"
+
+
+def key_of(r: dict) -> int:
+    """The key of a normalized reading (dict): ``seq``, else ``k`` (set by the gateway when seq is absent)."""
+    seq = r.get("seq")
+    return seq if seq is not None else r["k"]
+
+
+def order_of(r: dict) -> tuple[int, int]:
+    """Order of normalized readings of one device: time first, the key (seq) breaks ties."""
+    return (r["ts"], key_of(r))
 
 
 class NormalizedReading(BaseModel):
@@ -69,15 +106,21 @@ class NormalizedReading(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    id: str
-    seq: int
+    id: str = Field(description="device:ts:key, see reading_id")
+    seq: int | None = None
+    k: int | None = Field(None, description="the key when seq is absent (NO_SEQ | metrics hash), else omitted")
     ts: int
     rx: int = Field(description="gateway receive time, epoch ms")
     metrics: dict[str, float]
+    bf: bool = Field(
+        False,
+        description="backfill: older than the gateway's live skew when received (buffered upload); stored in "
+        "history, kept out of live windows and detectors; omitted when false",
+    )
 
 
 class ReadingBatch(BaseModel):
-    """The value of one Kafka record on the readings topic: readings of one device, in seq order."""
+    """The value of one Kafka record on the readings topic: readings of one device, in (ts, key) order."""
 
     v: Literal[1] = SCHEMA_VERSION
     device_id: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -44,6 +44,15 @@ class Settings(BaseSettings):
         description="How long a consumer fetch may wait for data. The local broker holds every fetch "
         "this long (it does not answer at fetch_min_bytes), so it adds to latency",
     )
+    kafka_storage: Literal["s3", "memory"] = Field(
+        "s3",
+        description="Local broker only (infra/kafka_storage.py). s3: durable, tansu's S3 engine on a local "
+        "file-backed store under <state_dir>/run/kafka-store; memory: a broker restart loses every topic, "
+        "record and committed offset",
+    )
+    kafka_storage_port: int = Field(
+        19000, ge=1, description="Loopback port of the local broker's S3-compatible store (kafka_storage=s3)"
+    )
     topic_readings: str = "iotp.readings"
     topic_deadletter: str = "iotp.readings.dlq"
     topic_aggregates: str = "iotp.aggregates"
@@ -58,6 +67,19 @@ class Settings(BaseSettings):
     clickhouse_url: str = ""
     clickhouse_database: str = "iotp"
 
+    # --- Device profiles (docs/device-profiles.md) ---
+    profiles_file: Path | None = Field(
+        None, description="Profiles YAML whose types are added to (or replace) the shipped ones"
+    )
+    profiles_poll_s: float = Field(
+        2.0, gt=0, description="How often gateway and stream workers check Redis for changed profiles"
+    )
+    unknown_device_type: Literal["reject", "accept"] = Field(
+        "reject",
+        description="reject: dead-letter readings of an unprofiled type (reason unknown_device_type); "
+        "accept: forward them with metrics inferred (no range check, statistical detectors only)",
+    )
+
     # --- Gateway ---
     gateway_max_inflight: int = Field(5000, ge=1, description="Readings awaiting a Kafka ack (backpressure)")
     gateway_linger_ms: int = Field(
@@ -67,12 +89,28 @@ class Settings(BaseSettings):
         "Kafka record (Faust pays per record: see docs/performance.md)",
     )
     gateway_max_payload_bytes: int = Field(65536, ge=256)
-    gateway_max_skew_s: float = Field(300.0, gt=0, description="Max distance of a reading ts from now")
-    gateway_metrics_port: int = 9108
+    gateway_max_skew_s: float = Field(
+        300.0, gt=0, description="Live window: max distance of a reading ts from now (the future limit too)"
+    )
+    gateway_max_backfill_s: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="Oldest accepted reading (buffered uploads): older than the live window = backfill, stored in "
+        "history only; older than this = dead letter 'too_old'. Keep it <= the raw retention",
+    )
+    gateway_metrics_port: int = Field(
+        9108, ge=0, description="Prometheus /metrics of gateway N on this port + N; 0 = off"
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the gateway, stream and sink /metrics servers bind (0.0.0.0 in containers)"
+    )
 
     # --- Stream jobs (Faust) ---
     stream_app_id: str = "iotp-stream"
     stream_web_port: int = 6066
+    stream_metrics_port: int = Field(
+        9118, ge=0, description="Prometheus /metrics of stream worker N on this port + N; 0 = off"
+    )
     stream_windows_s: Annotated[list[int], NoDecode] = Field(
         default_factory=lambda: [10, 60], description="e.g. 10,60 or [10, 60]"
     )
@@ -83,11 +121,25 @@ class Settings(BaseSettings):
     stream_stats_interval_s: float = Field(1.0, gt=0, description="How often counters go to Redis")
     stream_rules_file: Path | None = Field(None, description="Anomaly rules YAML (default: packaged rules)")
     stream_silence_min_s: float | None = Field(None, gt=0, description="Override the rules file's value")
+    stream_upstream_stale_s: float = Field(
+        5.0,
+        ge=0,
+        description="Hold silence detection (no 'silence' alerts, no offline) while the gateways' heartbeat "
+        "(gateway.updated_ms in the stats hash) is older than this: a pipeline outage is not silent devices. "
+        "0 = do not check; no heartbeat at all (no gateway ever reported) does not hold",
+    )
 
     # --- Dashboard API ---
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    api_token: str = Field("dev-token", description="Dev default; set IOTP_API_TOKEN in any shared setup")
+    api_token: str = Field(
+        "dev-token", description="An operator token (dev default; set IOTP_API_TOKEN in any shared setup)"
+    )
+    api_tokens: str = Field(
+        "",
+        description="More API tokens, comma-separated role:token or role:sha256:<hex>, role viewer|operator "
+        "(docs/security.md)",
+    )
     api_embedded_sink: bool = Field(True, description="Run the ClickHouse sink inside the API process")
     api_ws_queue: int = Field(1000, ge=1, description="Max frames pending per WebSocket client")
     api_ws_coalesce_after: int = Field(
@@ -97,12 +149,14 @@ class Settings(BaseSettings):
     api_ws_ping_s: float = Field(20.0, gt=0, description="WebSocket protocol ping interval")
     api_offline_after_s: float = Field(120.0, gt=0, description="Device shown offline when silent this long")
     api_max_range_days: int = Field(31, ge=1, description="Longest time range a history query may span")
+    api_metrics: bool = Field(True, description="Serve Prometheus /metrics (no token; see docs/operations.md)")
 
     # --- History sink ---
     sink_batch_rows: int = Field(20000, ge=1)
     sink_batch_seconds: float = Field(1.0, gt=0)
     sink_group: str = "iotp-clickhouse-sink"
     sink_dedup_window: int = Field(10000, ge=100, description="Insert blocks remembered for deduplication")
+    sink_metrics_port: int = Field(9128, ge=0, description="Prometheus /metrics of `iotp sink`; 0 = off")
     # --- History retention (TTL, days); changed values are applied by the migrations at start ---
     history_ttl_raw_days: int = Field(7, ge=1)
     history_ttl_1m_days: int = Field(90, ge=1)

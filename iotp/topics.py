@@ -63,6 +63,17 @@ class RedisNames:
         return f"{self.prefix}:alerts:acks"
 
     @property
+    def profiles(self) -> str:
+        """Hash: device type -> JSON ``{"profile": DeviceProfile, "source": "file"|"api", "digest",
+        "updated_ms"}`` (the live device profiles, see ``iotp.profile_store``)."""
+        return f"{self.prefix}:profiles"
+
+    @property
+    def profiles_version(self) -> str:
+        """Integer incremented by every change of the profiles hash; readers poll it."""
+        return f"{self.prefix}:profiles:version"
+
+    @property
     def stats_key(self) -> str:
         """Hash of pipeline counters, fields ``<stage>.<counter>``: cumulative integers (HINCRBY) such as
         ``gateway.received``, ``gateway.forwarded``, ``gateway.rejected``, ``stream.records``,

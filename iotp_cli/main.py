@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -21,6 +21,11 @@ from loadtest.cli import loadtest
 from simulator.cli import simulate
 from stream_jobs.cli import stream
 
+if TYPE_CHECKING:
+    from infra.mqtt_auth import Credentials
+    from infra.stack import LocalStack
+    from iotp.settings import Settings
+
 app = typer.Typer(
     help="IoT telemetry pipeline: simulator -> MQTT -> gateway -> Kafka -> Faust -> Redis + ClickHouse -> dashboard.",
     no_args_is_help=True,
@@ -28,6 +33,11 @@ app = typer.Typer(
 )
 stack_app = typer.Typer(help="The local backing services: Mosquitto, Redis, Kafka-wire broker.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+devices_app = typer.Typer(
+    help="MQTT credentials of real devices for the local stack (username = device id; see docs/security.md).",
+    no_args_is_help=True,
+)
+app.add_typer(devices_app, name="devices")
 console = Console()
 
 app.command(help="Run the sensor fleet simulator (publishes readings over MQTT).")(simulate)
@@ -38,13 +48,13 @@ app.command(help="Run the Kafka -> ClickHouse sink on its own (ClickHouse server
 app.command(help="Drive the running pipeline at a fixed rate or a ramp; measure every stage.")(loadtest)
 
 
-def _stack():
+def _stack() -> LocalStack:
     from infra.stack import LocalStack
 
     return LocalStack(get_settings())
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     console.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(1)
 
@@ -92,6 +102,73 @@ def _print_status() -> None:
     console.print(table)
 
 
+def _apply_device_change(
+    stack: LocalStack, settings: Settings, creds: Credentials | None = None, timeout: float = 10.0
+) -> None:
+    """Reload a running broker, then wait until it answers for ``creds`` as expected (accepts new ones)."""
+    import time
+
+    from iotp.mqtt import broker_accepts
+
+    if not stack.reload_mqtt_auth():
+        console.print("(the stack is not running: the credentials apply from the next `iotp stack up`)")
+        return
+    if creds is None:
+        return
+    probe = settings.model_copy(update={"mqtt_username": creds.username, "mqtt_password": creds.password})
+    deadline = time.monotonic() + timeout
+    while not broker_accepts(probe, timeout=2.0):
+        if time.monotonic() > deadline:
+            _fail(TimeoutError(f"Mosquitto did not accept the new credentials within {timeout:.0f}s"))
+        time.sleep(0.2)
+
+
+@devices_app.command("add", help="Create a device's MQTT credentials (live, no restart); prints the password once.")
+def devices_add(
+    device_id: str,
+    device_type: Annotated[str | None, typer.Option("--type", help="Device type (shown by `devices list`)")] = None,
+) -> None:
+    from infra.mqtt_auth import AuthError
+
+    stack = _stack()
+    try:
+        creds = stack.mqtt_auth().add_device(device_id, device_type)
+    except AuthError as exc:
+        _fail(exc)
+    _apply_device_change(stack, stack.settings, creds)
+    settings = stack.settings
+    topic = f"{settings.mqtt_topic_prefix}/{device_type or '<device_type>'}/{device_id}"
+    console.print(f"device [bold]{device_id}[/] may publish to [bold]{topic}[/]")
+    console.print(f"MQTT {settings.mqtt_host}:{settings.mqtt_port}  username: {creds.username}")
+    # The one place a device password is shown: print it plainly (no markup), it is not stored anywhere.
+    print(f"password: {creds.password}")
+    console.print("(shown once; only its hash is kept. Lost it? `iotp devices remove` and add the device again)")
+
+
+@devices_app.command("list", help="The devices that have MQTT credentials.")
+def devices_list() -> None:
+    from datetime import UTC, datetime
+
+    table = Table("device id", "type", "created (UTC)")
+    for device in _stack().mqtt_auth().devices():
+        created = datetime.fromtimestamp(device.created_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(device.device_id, device.device_type or "", created)
+    console.print(table)
+
+
+@devices_app.command("remove", help="Delete a device's MQTT credentials (new connections are refused at once).")
+def devices_remove(device_id: str) -> None:
+    from infra.mqtt_auth import AuthError
+
+    stack = _stack()
+    try:
+        stack.mqtt_auth().remove_device(device_id)
+    except AuthError as exc:
+        _fail(exc)
+    _apply_device_change(stack, stack.settings)
+    console.print(f"device {device_id} removed (a connection it still holds stays open until it reconnects)")
+
+
 @app.command(help="The main job: stack + gateway + stream worker + API + simulator, in the background.")
 def up(
     devices: Annotated[int, typer.Option(help="Simulated devices")] = 30,
@@ -102,6 +179,7 @@ def up(
 ) -> None:
     from infra.stack import StackError
     from infra.system_packages import InstallError
+    from iotp.settings import Settings
 
     stack = _stack()
     sim_args = ["--devices", str(devices), "--rate", str(rate), "--anomaly-rate", str(anomaly_rate), "--quiet"]
@@ -112,8 +190,13 @@ def up(
         _fail(exc)
     _print_status()
     settings = stack.settings
-    console.print(f"\n[bold green]Dashboard:[/] {settings.api_url}/?token={settings.api_token}")
-    console.print(f"API docs:  {settings.api_url}/docs   (token header: Authorization: Bearer {settings.api_token})")
+    if settings.api_token == Settings.model_fields["api_token"].default:
+        # The dev default only: the link logs the browser in (the token becomes an HttpOnly cookie and
+        # leaves the address bar at once). A real token is never printed.
+        console.print(f"\n[bold green]Dashboard:[/] {settings.api_url}/?token={settings.api_token}")
+    else:
+        console.print(f"\n[bold green]Dashboard:[/] {settings.api_url}/   (log in with your IOTP_API_TOKEN)")
+    console.print(f"API docs:  {settings.api_url}/docs   (header: Authorization: Bearer <IOTP_API_TOKEN>)")
     console.print(f"Logs:      iotp logs NAME   ({stack.supervisor.log_dir})")
     console.print("Stop:      make stop   (or: iotp down)")
 
@@ -137,7 +220,7 @@ def config() -> None:
     table = Table("environment variable", "value", "description")
     for name, field in Settings.model_fields.items():
         value = getattr(settings, name)
-        shown = "***" if name.endswith(("password", "token")) and value else str(value)
+        shown = "***" if name.endswith(("password", "token", "tokens")) and value else str(value)
         table.add_row(f"IOTP_{name.upper()}", shown, field.description or "")
     console.print(table)
 

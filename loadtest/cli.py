@@ -36,7 +36,10 @@ def loadtest(
     from loadtest.runner import LoadTest, max_sustainable, to_json
 
     console = Console(width=max(Console().width, 170))  # the tables are wide; keep them readable in logs
-    settings = get_settings()
+    from infra.mqtt_auth import with_local_credentials
+
+    # the local stack's simulator account: the load generator (and the broker reference) publish with it
+    settings = with_local_credentials(get_settings(), "simulator")
     stack = LocalStack(settings)
     rows = stack.status()
     pids = {row["name"]: row["pid"] for row in rows if row["pid"]}

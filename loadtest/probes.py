@@ -4,14 +4,19 @@
 - :class:`RedisLatencyProbe`: subscribes to the readings channel (published in the same Redis round trip
   that stores the latest state) and records sensor time → visible-in-Redis latency of the load test's
   own readings;
-- :class:`ProcessSampler`: CPU and RSS of every pipeline/stack process (psutil).
+- :class:`ProcessSampler`: CPU and RSS of every pipeline/stack process (psutil), between two samples;
+- :class:`WindowSampler`: CPU and RSS per process over an exact time window (the publishing window of a
+  step), sampled in the background, including processes that start and end inside it (the publishers);
+  the window arithmetic is in pure functions (:func:`cpu_at`, :func:`window_usage`).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -31,7 +36,7 @@ class StageCounters:
         out = {}
         for key, value in raw.items():
             try:
-                out[key.decode()] = float(value)
+                out[key.decode() if isinstance(key, bytes) else key] = float(value)
             except ValueError:
                 continue
         return out
@@ -121,3 +126,156 @@ class ProcessSampler:
                     rss += p.memory_info().rss
             out[name] = {"cpu_pct": round(self._tree_cpu(proc), 1), "rss_mb": round(rss / 2**20, 1)}
         return out
+
+
+# ------------------------------------------------------------------------------------ window sampling
+Point = tuple[float, float]  # (wall-clock time s, value): cumulative CPU seconds, or RSS bytes
+
+
+def cpu_at(points: Sequence[Point], t: float) -> float:
+    """Cumulative CPU seconds at ``t``, linearly interpolated between samples; before the first sample it is
+    the first value, after the last the last (a process that ended keeps its total)."""
+    if not points:
+        return 0.0
+    times = [p[0] for p in points]
+    i = bisect.bisect_right(times, t)
+    if i == 0:
+        return points[0][1]
+    if i == len(points):
+        return points[-1][1]
+    (t0, v0), (t1, v1) = points[i - 1], points[i]
+    return v0 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+
+
+def window_cpu_pct(points: Sequence[Point], start: float, end: float) -> float:
+    """Average CPU % of one core over ``[start, end]``."""
+    if end <= start:
+        raise ValueError(f"empty window {start}..{end}")
+    return 100.0 * (cpu_at(points, end) - cpu_at(points, start)) / (end - start)
+
+
+def window_peak(points: Sequence[Point], start: float, end: float) -> float:
+    """The largest value sampled inside ``[start, end]`` (0 when none was)."""
+    return max((v for t, v in points if start <= t <= end), default=0.0)
+
+
+@dataclass
+class Series:
+    cpu: list[Point] = field(default_factory=list)  # cumulative CPU seconds, never decreasing
+    rss: list[Point] = field(default_factory=list)  # bytes
+
+    def add_cpu(self, t: float, seconds: float) -> None:
+        # a child reaped outside the tree takes its time with it: keep the counter monotonic
+        self.cpu.append((t, max(seconds, self.cpu[-1][1] if self.cpu else 0.0)))
+
+
+def window_usage(series: dict[str, Series], start: float, end: float) -> dict[str, dict[str, float]]:
+    """Per process name: average CPU % over the window and peak RSS MB inside it; processes without a
+    sample in or around the window are left out."""
+    out = {}
+    for name, s in series.items():
+        if not s.cpu or s.cpu[-1][0] < start or s.cpu[0][0] > end:
+            continue
+        out[name] = {
+            "cpu_pct": round(window_cpu_pct(s.cpu, start, end), 1),
+            "rss_mb": round(window_peak(s.rss, start, end) / 2**20, 1),
+        }
+    return out
+
+
+def _cpu_seconds(proc: psutil.Process, with_reaped_children: bool) -> float:
+    t = proc.cpu_times()
+    total = t.user + t.system
+    if with_reaped_children:  # children that exited and were waited for: their time moved to the parent
+        total += t.children_user + t.children_system
+    return total
+
+
+class WindowSampler:
+    """Samples, every ``interval`` s in a background thread, the cumulative CPU time and RSS of
+
+    - named long-running processes (``pids``), each counted with all its descendants (one row each);
+    - process trees added with :meth:`watch_each` (the load test's publisher): one row per process, so the
+      simulator's worker processes show separately; a process that starts later gets a first point of 0 CPU
+      at its start time, one that exits keeps its total (less its last ``interval``).
+
+    Then :meth:`usage` gives CPU % and peak RSS per row over any window inside the sampled span. The clock
+    is wall time (``time.time()``), the clock of the processes' start times."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.25) -> None:
+        self.interval = interval
+        self.series: dict[str, Series] = {}
+        self._trees: dict[str, psutil.Process] = {}
+        self._each: list[tuple[str, psutil.Process]] = []
+        self._named: dict[int, str] = {}  # pid -> row of a watch_each process (and its descendants)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        for name, pid in pids.items():
+            with contextlib.suppress(psutil.Error):
+                self._trees[name] = psutil.Process(pid)
+        self._thread = threading.Thread(target=self._run, name="window-sampler", daemon=True)
+
+    def start(self) -> WindowSampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.sample()
+
+    def watch_each(self, prefix: str, pid: int) -> None:
+        """Sample ``pid`` as row ``prefix`` and each descendant as ``prefix-worker-N`` (a multiprocessing
+        worker) or ``prefix-helper-N`` (anything else, e.g. multiprocessing's resource tracker)."""
+        with contextlib.suppress(psutil.Error), self._lock:
+            proc = psutil.Process(pid)
+            self._each.append((prefix, proc))
+            self._named[pid] = prefix
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def _row(self, prefix: str, proc: psutil.Process) -> str:
+        name = self._named.get(proc.pid)
+        if name is None:
+            try:
+                worker = any("spawn_main" in part or "fork" in part for part in proc.cmdline())
+            except psutil.Error:
+                worker = False
+            kind = "worker" if worker else "helper"
+            n = 1 + sum(1 for v in self._named.values() if v.startswith(f"{prefix}-{kind}-"))
+            name = self._named[proc.pid] = f"{prefix}-{kind}-{n}"
+        return name
+
+    def sample(self) -> None:
+        now = time.time()
+        with self._lock:
+            for name, root in self._trees.items():
+                cpu = rss = 0.0
+                for p in ProcessSampler._tree(root):
+                    with contextlib.suppress(psutil.Error):
+                        cpu += _cpu_seconds(p, with_reaped_children=True)
+                        rss += p.memory_info().rss
+                series = self.series.setdefault(name, Series())
+                series.add_cpu(now, cpu)
+                series.rss.append((now, rss))
+            for prefix, root in self._each:
+                for p in ProcessSampler._tree(root):
+                    try:
+                        cpu = _cpu_seconds(p, with_reaped_children=False)  # its children are rows of their own
+                        rss = p.memory_info().rss
+                        started = p.create_time()
+                    except psutil.Error:
+                        continue
+                    series = self.series.setdefault(self._row(prefix, p), Series())
+                    if not series.cpu:
+                        series.add_cpu(started, 0.0)
+                    series.add_cpu(now, cpu)
+                    series.rss.append((now, rss))
+
+    def usage(self, start: float, end: float) -> dict[str, dict[str, float]]:
+        with self._lock:
+            return window_usage(self.series, start, end)

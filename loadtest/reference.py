@@ -7,10 +7,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -28,15 +31,30 @@ def mqtt_c_clients(settings: Settings, messages: int = 200_000, qos: int = 0, ti
     pub, sub = shutil.which("mosquitto_pub"), shutil.which("mosquitto_sub")
     if not pub or not sub:
         return {"error": "mosquitto-clients not installed"}
-    topic = f"iotp-ref/{uuid.uuid4().hex[:8]}"
+    topic = f"iotp-ref/{uuid.uuid4().hex[:8]}"  # the simulator account's scratch topics (docs/security.md)
     common = ["-h", settings.mqtt_host, "-p", str(settings.mqtt_port), "-q", str(qos), "-t", topic]
+    # Credentials go through the clients' own config files ($XDG_CONFIG_HOME/mosquitto_pub|sub), not argv.
+    config_dir = tempfile.TemporaryDirectory()
+    env = {**os.environ, "XDG_CONFIG_HOME": config_dir.name}
+    if settings.mqtt_username:
+        for name in ("mosquitto_pub", "mosquitto_sub"):
+            path = Path(config_dir.name) / name
+            path.touch(mode=0o600)
+            path.write_text(f"-u {settings.mqtt_username}\n-P {settings.mqtt_password or ''}\n")
     subscriber = subprocess.Popen(
-        [sub, *common, "-C", str(messages), "-W", str(int(timeout))], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sub, *common, "-C", str(messages), "-W", str(int(timeout))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     time.sleep(0.5)  # let the subscription reach the broker before the first publish
     started = time.perf_counter()
     publisher = subprocess.run(
-        [pub, *common, "-l"], input=b"\n".join([PAYLOAD] * messages) + b"\n", capture_output=True, timeout=timeout
+        [pub, *common, "-l"],
+        input=b"\n".join([PAYLOAD] * messages) + b"\n",
+        capture_output=True,
+        timeout=timeout,
+        env=env,
     )
     published = time.perf_counter()
     try:
@@ -44,6 +62,7 @@ def mqtt_c_clients(settings: Settings, messages: int = 200_000, qos: int = 0, ti
     except subprocess.TimeoutExpired:
         subscriber.kill()
     done = time.perf_counter()
+    config_dir.cleanup()
     ok = subscriber.returncode == 0 and publisher.returncode == 0
     return {
         "messages": messages,

@@ -52,15 +52,26 @@ def print_table(console: Console, results: list[StepResult]) -> None:
 
 
 def process_table(console: Console, results: list[StepResult]) -> None:
+    """One row per process (the publisher's own processes included), CPU averaged over each step's publishing
+    window only (not its drain), RSS the peak inside it; last row: the CPU of all of them together."""
     names = sorted({n for r in results for n in r.processes})
-    table = Table("process", *[f"{r.offered:,.0f}/s" for r in results], title="CPU % (one core = 100) / RSS MB")
+    table = Table(
+        "process",
+        *[f"{r.offered:,.0f}/s ({r.cpu_window_s:.0f}s)" for r in results],
+        title="CPU % (one core = 100) / peak RSS MB, over each step's publishing window",
+    )
     for name in names:
         cells = []
         for r in results:
             p = r.processes.get(name)
             cells.append(f"{p['cpu_pct']:.0f} / {p['rss_mb']:.0f}" if p else "-")
         table.add_row(name, *cells)
+    table.add_row("[bold]all[/]", *[f"{total_cpu(r):.0f}" for r in results])
     console.print(table)
+
+
+def total_cpu(result: StepResult) -> float:
+    return sum(p["cpu_pct"] for p in result.processes.values())
 
 
 def plot(results: list[StepResult], path: Path, title: str) -> None:

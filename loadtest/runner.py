@@ -9,9 +9,10 @@ measure:
   ``stream.readings``, stored = ``sink.readings``), plus what the Redis probe saw;
 - latency sensor time → visible in Redis (probe on the readings channel) and → stored in ClickHouse
   (``inserted_at - ts`` of the step's rows, computed by ClickHouse through the API);
-- loss and duplicates, exact per device: the simulator numbers each device's readings consecutively, so
-  stored distinct readings per device are compared with what was published;
-- CPU and RSS of every process.
+- loss and duplicates, exact per device: stored distinct readings (identities ``(device, ts, seq)``, so
+  exact also for rebooting or seq-less simulated devices) are compared with what was published;
+- CPU and RSS of every process over the publishing window only (not the drain), the publisher's own
+  processes included, one row each (:class:`loadtest.probes.WindowSampler`).
 
 A step is *sustainable* when the publisher kept up (≥ 98 % of offered), the backlog was bounded (every
 published reading was stored within ``max_drain_s`` of the end of publishing), and nothing was lost.
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,7 +39,7 @@ import yaml
 
 from iotp.settings import Settings
 from iotp.topics import redis_names
-from loadtest.probes import ProcessSampler, RedisLatencyProbe, StageCounters
+from loadtest.probes import RedisLatencyProbe, StageCounters, WindowSampler
 
 STATS_LAG_S = 1.5
 STAGES = {  # stage -> cumulative counter in the Redis stats hash (MQTT messages for mqtt_in, else readings)
@@ -62,9 +64,19 @@ class StepResult:
     stored: int = 0
     lost: int = 0
     duplicates: int = 0
-    processes: dict[str, dict[str, float]] = field(default_factory=dict)
+    processes: dict[str, dict[str, float]] = field(default_factory=dict)  # over the publishing window
+    cpu_window_s: float = 0.0
     sustainable: bool = False
     notes: list[str] = field(default_factory=list)
+
+
+def publishing_window(stats_written_at: float, elapsed: float) -> tuple[float, float]:
+    """(start, end) wall-clock time of the simulator's publishing: it writes its stats file as soon as its
+    workers are done, ``elapsed`` = how long they published. Start-up (imports, connecting) and the
+    pipeline's drain after it are outside."""
+    if elapsed <= 0:
+        raise ValueError("the publisher reported no publishing time")
+    return stats_written_at - elapsed, stats_written_at
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -97,7 +109,7 @@ class LoadTest:
     max_drain_s: float = 5.0
     mix: dict[str, float] = field(default_factory=lambda: {"power": 1.0})
     pids: dict[str, int] = field(default_factory=dict)
-    log = print
+    log: Callable[..., object] = print
 
     def __post_init__(self) -> None:
         self.names = redis_names(self.settings)
@@ -109,7 +121,9 @@ class LoadTest:
         )
 
     # ----------------------------------------------------------------- steps
-    def _publish(self, rate: float, prefix: str, workdir: Path) -> dict:
+    def _publish(self, rate: float, prefix: str, workdir: Path, sampler: WindowSampler) -> dict:
+        """Run the simulator for one step; its processes are sampled as ``publisher*`` rows. Returns its stats,
+        with ``written_at``: when it wrote them (the end of publishing)."""
         scenario = {
             "name": "loadtest",
             "fleet": {"devices": self.devices, "mix": self.mix, "id_prefix": prefix},
@@ -135,8 +149,21 @@ class LoadTest:
             str(stats_file),
             "--quiet",
         ]
-        subprocess.run(cmd, check=True, timeout=self.step_s + 120, capture_output=True)
-        return orjson.loads(stats_file.read_bytes())
+        with tempfile.TemporaryFile() as output:
+            proc = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT)
+            sampler.watch_each("publisher", proc.pid)
+            try:
+                code = proc.wait(self.step_s + 120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+                raise
+            if code != 0:
+                output.seek(0)
+                raise subprocess.CalledProcessError(code, cmd, output.read())
+        stats = orjson.loads(stats_file.read_bytes())
+        stats["written_at"] = stats_file.stat().st_mtime
+        return stats
 
     def _ingest_check(self, prefix: str) -> dict:
         response = self.api.get("/api/pipeline/ingest-check", params={"device_prefix": prefix})
@@ -160,15 +187,20 @@ class LoadTest:
         if not idle:
             result.notes.append("started with a backlog from the previous step")
         probe = RedisLatencyProbe(self.redis, self.names.channel_readings, prefix)
-        sampler = ProcessSampler(self.pids)
+        sampler = WindowSampler(self.pids).start()
         before = self.counters.read()
         started = time.monotonic()
-        stats = self._publish(rate, prefix, workdir)
+        try:
+            stats = self._publish(rate, prefix, workdir, sampler)
+        finally:
+            sampler.stop()
         window = time.monotonic() - started
         publish_end = time.monotonic()
+        cpu_start, cpu_end = publishing_window(stats["written_at"], stats["elapsed"])
+        result.processes = sampler.usage(cpu_start, cpu_end)
+        result.cpu_window_s = round(cpu_end - cpu_start, 2)
         time.sleep(STATS_LAG_S)
         after = self.counters.read()
-        result.processes = sampler.sample()
         # "sent" = acknowledged by the broker: a reading the publisher gave up on never entered the pipeline
         result.published = int(stats["confirmed"])
         result.publish_rate = round(stats["confirmed"] / stats["elapsed"], 1) if stats["elapsed"] else 0.0

@@ -5,6 +5,7 @@ Stable API (detector scoring builds on it)::
     from simulator.anomalies import AnomalyInjector, Anomaly, ScheduledAnomaly, KINDS
 
     injector = AnomalyInjector(seed=7, rate_per_device_hour=2.0,
+                               profiles=profiles,                         # optional, default shipped
                                kinds={"spike": 1, "drift": 1, ...},      # optional weights
                                schedule=[ScheduledAnomaly(...)],          # optional
                                start_ms=1763800000000,                    # origin of ScheduledAnomaly.at_s
@@ -60,7 +61,7 @@ from typing import Any
 
 import orjson
 
-from iotp.devices import DEVICE_TYPES, MetricSpec
+from iotp.profiles import MetricProfile, Profiles, shipped_profiles
 
 KINDS = ("spike", "drift", "flatline", "dropout", "noise", "out_of_range")
 DEFAULT_KIND_WEIGHTS: dict[str, float] = {
@@ -130,11 +131,11 @@ class _DeviceState:
     scheduled: list[tuple[int, ScheduledAnomaly]] = field(default_factory=list)  # (start_ms, spec), sorted
 
 
-def _width(spec: MetricSpec) -> float:
+def _width(spec: MetricProfile) -> float:
     return max(spec.normal_max - spec.normal_min, 1e-6)
 
 
-def _clip(value: float, spec: MetricSpec) -> float:
+def _clip(value: float, spec: MetricProfile) -> float:
     return min(spec.valid_max, max(spec.valid_min, value))
 
 
@@ -147,8 +148,10 @@ class AnomalyInjector:
         schedule: list[ScheduledAnomaly] | None = None,
         start_ms: int = 0,
         truth_file: str | Path | None = None,
+        profiles: Profiles | None = None,
     ) -> None:
         self.seed = seed
+        self.profiles = shipped_profiles() if profiles is None else profiles
         self.rate_per_device_hour = max(0.0, rate_per_device_hour)
         weights = dict(kinds or DEFAULT_KIND_WEIGHTS)
         unknown = set(weights) - set(KINDS)
@@ -229,7 +232,10 @@ class AnomalyInjector:
         metric: str | None,
         params: dict[str, Any],
     ) -> Anomaly:
-        catalogue = DEVICE_TYPES[device_type]
+        profile = self.profiles.get(device_type)
+        if profile is None:
+            raise ValueError(f"device type {device_type!r} has no profile")
+        catalogue = profile.metrics
         if kind == "dropout":
             metric = None
         elif metric is None:
@@ -254,7 +260,7 @@ class AnomalyInjector:
         assert a.metric is not None
         if a.metric not in metrics:
             return metrics
-        spec = DEVICE_TYPES[a.device_type][a.metric]
+        spec = self.profiles[a.device_type].metrics[a.metric]
         value = metrics[a.metric]
         p = a.params
         if a.kind == "spike":

@@ -35,6 +35,12 @@ def simulate(
     anomaly_rate: Annotated[float | None, typer.Option(help="Random anomalies per device-hour")] = None,
     truth_file: Annotated[Path | None, typer.Option(help="Write the anomaly ground truth (JSON Lines)")] = None,
     malformed_fraction: Annotated[float | None, typer.Option(min=0, max=1, help="Fraction of broken payloads")] = None,
+    reboot_every: Annotated[
+        int | None, typer.Option(min=0, help="Every device reboots after this many readings: seq restarts at 1")
+    ] = None,
+    no_seq_fraction: Annotated[
+        float | None, typer.Option(min=0, max=1, help="Fraction of the devices that send no seq at all")
+    ] = None,
     client_id: Annotated[str | None, typer.Option(help="MQTT client id (-w<N> appended per worker)")] = None,
     persistent: Annotated[
         bool, typer.Option("--persistent/--clean", help="Persistent MQTT session (needs a stable --client-id)")
@@ -73,12 +79,16 @@ def simulate(
             batch=batch,
             anomaly_rate=anomaly_rate,
             malformed_fraction=malformed_fraction,
+            reboot_every=reboot_every,
+            no_seq_fraction=no_seq_fraction,
         )
         if interval is not None and rate is None:
             sc = sc.model_copy(update={"rate_per_s": None})
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
+    from infra.mqtt_auth import with_local_credentials
+
     settings = get_settings()
     updates = {
         k: v
@@ -87,6 +97,20 @@ def simulate(
     }
     if updates:
         settings = settings.model_copy(update=updates)
+    # by hand against the local stack: its simulator account (under supervisord it comes in IOTP_MQTT_*)
+    settings = with_local_credentials(settings, "simulator")
+    # the live device profiles (Redis), or the shipped + IOTP_PROFILES_FILE ones if Redis does not answer
+    from iotp.profile_store import current_profiles
+
+    try:
+        profiles = current_profiles(settings)
+    except ValueError as exc:  # a bad IOTP_PROFILES_FILE
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    missing = sorted(t for t, w in sc.fleet.mix.items() if w > 0 and t not in profiles)
+    if missing:
+        console.print(f"[bold red]error:[/] no device profile for {missing}; known: {', '.join(sorted(profiles))}")
+        raise typer.Exit(2)
     if persistent and not client_id:
         client_id = f"iotp-sim-{sc.name}"
     options = PublishOptions(
@@ -113,7 +137,7 @@ def simulate(
         )
     try:
         if quiet:
-            stats = run_scenario(settings, sc, options, workers, stop=stop)
+            stats = run_scenario(settings, sc, options, workers, stop=stop, profiles=profiles)
         else:
             with Live(progress_table(None), console=console, auto_refresh=False, transient=False) as live:
                 stats = run_scenario(
@@ -123,6 +147,7 @@ def simulate(
                     workers,
                     on_tick=lambda s: live.update(progress_table(s), refresh=True),
                     stop=stop,
+                    profiles=profiles,
                 )
                 live.update(progress_table(stats), refresh=True)
     except (ConnectionError, RuntimeError, OSError) as exc:

@@ -6,7 +6,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from iotp.devices import DEVICE_TYPES
+from iotp.profiles import Profiles, shipped_profiles
 from simulator.signals import DeviceSignal, new_signal
 
 DEFAULT_MIX = {"climate": 0.4, "vibration": 0.3, "power": 0.3}
@@ -14,8 +14,14 @@ DEFAULT_MIX = {"climate": 0.4, "vibration": 0.3, "power": 0.3}
 
 @dataclass
 class Device:
+    """One simulated device. Like real ones it may send no ``seq`` (``has_seq=False``) or reboot every
+    ``reboot_every`` readings, restarting its ``seq`` at 1 (identity is device, ts and seq: see iotp.schema)."""
+
     signal: DeviceSignal
     seq: int
+    has_seq: bool = True
+    reboot_every: int = 0
+    sent: int = 0
 
     @property
     def device_id(self) -> str:
@@ -29,8 +35,11 @@ class Device:
         return self.reading_at(int(now_s * 1000))
 
     def reading_at(self, ts_ms: int) -> dict:
+        if self.reboot_every and self.sent and self.sent % self.reboot_every == 0:
+            self.seq = 0  # rebooted: the counter starts again
+        self.sent += 1
         self.seq += 1
-        return {
+        reading = {
             "v": 1,
             "device_id": self.device_id,
             "device_type": self.device_type,
@@ -38,27 +47,43 @@ class Device:
             "ts": ts_ms,
             "metrics": self.signal.sample(ts_ms / 1000),
         }
+        if not self.has_seq:
+            del reading["seq"]
+        return reading
 
 
 def build_fleet(
-    count: int, seed: int | None = None, mix: dict[str, float] | None = None, prefix: str = "", seq0: int | None = None
+    count: int,
+    seed: int | None = None,
+    mix: dict[str, float] | None = None,
+    prefix: str = "",
+    seq0: int | None = None,
+    profiles: Profiles | None = None,
+    reboot_every: int = 0,
+    no_seq_fraction: float = 0.0,
 ) -> list[Device]:
-    """``count`` devices with deterministic ids and signals for a given seed.
+    """``count`` devices with deterministic ids and signals for a given seed, of the types in ``mix``
+    (weights), each described by its device profile (default: the shipped profiles).
 
     Sequence numbers start after ``seq0``, by default the current epoch millisecond, so a restarted
     simulator never reuses a reading id of a device (while it publishes at most 1000 readings/s per device).
+    ``reboot_every``: readings between reboots of every device (0 = never); ``no_seq_fraction``: that share
+    of the devices (spread evenly over the ids) sends no ``seq`` at all.
     """
     rng = random.Random(seed)
     mix = mix or DEFAULT_MIX
     types = [t for t in mix if mix[t] > 0]
-    unknown = [t for t in types if t not in DEVICE_TYPES]
+    profiles = shipped_profiles() if profiles is None else profiles
+    unknown = [t for t in types if t not in profiles]
     if unknown:
-        raise ValueError(f"unknown device types {unknown}; known: {', '.join(DEVICE_TYPES)}")
+        raise ValueError(f"device types without a profile: {unknown}; known: {', '.join(sorted(profiles))}")
     weights = [mix[t] for t in types]
     seq0 = int(time.time() * 1000) if seq0 is None else seq0
     devices = []
     for i in range(count):
         device_type = rng.choices(types, weights)[0]
         device_id = f"{prefix}{device_type}-{i:05d}"
-        devices.append(Device(new_signal(device_id, device_type, rng), seq0))
+        has_seq = int((i + 1) * no_seq_fraction) == int(i * no_seq_fraction)
+        signal = new_signal(device_id, device_type, rng, profiles[device_type])
+        devices.append(Device(signal, seq0, has_seq=has_seq, reboot_every=reboot_every))
     return devices

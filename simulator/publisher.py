@@ -27,6 +27,7 @@ import orjson
 import paho.mqtt.client as mqtt
 
 from iotp.mqtt import connect, make_client
+from iotp.profiles import Profiles, parse_profile
 from iotp.settings import Settings
 from iotp.topics import mqtt_topic
 from simulator.anomalies import AnomalyInjector
@@ -252,9 +253,16 @@ def run_publisher(
 
 
 # ------------------------------------------------------------------ scenario runs (1..N workers)
-def _fleet_for(scenario: Scenario, seq0: int) -> list[Device]:
+def _fleet_for(scenario: Scenario, seq0: int, profiles: Profiles | None = None) -> list[Device]:
     return build_fleet(
-        scenario.fleet.devices, seed=scenario.seed, mix=scenario.fleet.mix, prefix=scenario.fleet.id_prefix, seq0=seq0
+        scenario.fleet.devices,
+        seed=scenario.seed,
+        mix=scenario.fleet.mix,
+        prefix=scenario.fleet.id_prefix,
+        seq0=seq0,
+        profiles=profiles,
+        reboot_every=scenario.fleet.reboot_every,
+        no_seq_fraction=scenario.fleet.no_seq_fraction,
     )
 
 
@@ -269,8 +277,9 @@ def _run_part(
     stop: threading.Event,
     on_tick: Callable[[PublishStats], None] | None,
     tick_s: float,
+    profiles: Profiles | None = None,
 ) -> PublishStats:
-    fleet = _fleet_for(scenario, seq0)
+    fleet = _fleet_for(scenario, seq0, profiles)
     mine = fleet[index::workers]
     if not mine:
         return PublishStats(done=True)
@@ -281,6 +290,7 @@ def _run_part(
         schedule=scenario.resolved_schedule(fleet),
         start_ms=start_ms,
         truth_file=options.truth_file,
+        profiles=profiles,
     )
     opts = PublishOptions(**{**asdict(options)})
     if opts.client_id and workers > 1:
@@ -310,12 +320,16 @@ def _worker_main(
     seq0: int,
     start_ms: int,
     out: mp.Queue,
+    profiles_json: bytes | None = None,
 ) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     settings = Settings.model_validate_json(settings_json)
     scenario = Scenario.model_validate_json(scenario_json)
+    profiles = None
+    if profiles_json is not None:
+        profiles = {t: parse_profile(doc, t) for t, doc in orjson.loads(profiles_json).items()}
     try:
         stats = _run_part(
             settings,
@@ -328,6 +342,7 @@ def _worker_main(
             stop,
             lambda s: out.put((index, s.to_dict())),
             tick_s=0.5,
+            profiles=profiles,
         )
         out.put((index, stats.to_dict()))
     except Exception as exc:  # reported to the parent, which fails the run
@@ -345,8 +360,10 @@ def run_scenario(
     workers: int = 1,
     on_tick: Callable[[PublishStats], None] | None = None,
     stop: threading.Event | None = None,
+    profiles: Profiles | None = None,
 ) -> PublishStats:
-    """Run the scenario with ``workers`` processes (1 = in this process); aggregated stats."""
+    """Run the scenario with ``workers`` processes (1 = in this process); aggregated stats. ``profiles``:
+    the device profiles of the fleet (default: the shipped ones)."""
     stop = stop or threading.Event()
     seq0 = int(time.time() * 1000)
     start_ms = seq0
@@ -354,7 +371,9 @@ def run_scenario(
         Path(options.truth_file).parent.mkdir(parents=True, exist_ok=True)
         Path(options.truth_file).write_bytes(b"")
     if workers <= 1:
-        return _run_part(settings, scenario, options, 0, 1, seq0, start_ms, stop, on_tick, tick_s=1.0)
+        return _run_part(
+            settings, scenario, options, 0, 1, seq0, start_ms, stop, on_tick, tick_s=1.0, profiles=profiles
+        )
 
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
@@ -372,6 +391,7 @@ def run_scenario(
                 seq0,
                 start_ms,
                 out,
+                None if profiles is None else orjson.dumps({t: p.model_dump(mode="json") for t, p in profiles.items()}),
             ),
         )
         for i in range(workers)

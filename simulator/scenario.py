@@ -40,6 +40,8 @@ class FleetSpec(BaseModel):
     devices: int = Field(30, ge=1)
     mix: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MIX))
     id_prefix: str = ""
+    reboot_every: int = Field(0, ge=0, description="readings between reboots (seq restarts at 1); 0 = never")
+    no_seq_fraction: float = Field(0.0, ge=0, le=1, description="share of the devices that send no seq")
 
 
 class ScheduleItem(BaseModel):
@@ -113,7 +115,7 @@ class Scenario(BaseModel):
         for key, value in values.items():
             if value is None:
                 continue
-            if key in ("devices", "mix", "id_prefix"):
+            if key in ("devices", "mix", "id_prefix", "reboot_every", "no_seq_fraction"):
                 data["fleet"][key] = value
             elif key == "anomaly_rate":
                 data["anomalies"]["rate_per_device_hour"] = value

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from iotp.profiles import Profiles
 from simulator.anomalies import AnomalyInjector
 from simulator.fleet import Device, build_fleet
 from simulator.scenario import Scenario, load_scenario
@@ -94,6 +95,7 @@ def generate_readings(
     anomaly_rate: float | None = None,
     interval_s: float | None = None,
     truth_file: str | Path | None = None,
+    profiles: Profiles | None = None,
 ) -> GeneratedStream:
     if isinstance(scenario_or_fleet, list):
         devices = scenario_or_fleet
@@ -109,6 +111,9 @@ def generate_readings(
             mix=scenario.fleet.mix,
             prefix=scenario.fleet.id_prefix,
             seq0=start_ms,
+            profiles=profiles,
+            reboot_every=scenario.fleet.reboot_every,
+            no_seq_fraction=scenario.fleet.no_seq_fraction,
         )
         interval = interval_s or scenario.device_interval_s
         schedule = scenario.resolved_schedule(devices)
@@ -120,5 +125,6 @@ def generate_readings(
         schedule=schedule,
         start_ms=start_ms,
         truth_file=truth_file,
+        profiles=profiles,
     )
     return GeneratedStream(devices, injector, start_ms, duration_s, interval)

@@ -13,7 +13,7 @@ dedup, windows, detectors). Per flush it then
 So Kafka's committed offset never passes the snapshot: after a crash or rebalance the new owner loads
 the snapshot, skips the redelivered records below the snapshot's offset and continues -- window and
 detector state survive, and every effect that may repeat is idempotent (deterministic alert ids,
-seq-compared latest state, absolute HSETs). See docs/stream-processing.md.
+(ts, seq)-compared latest state, absolute HSETs). See docs/stream-processing.md.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ import orjson
 import redis.asyncio as aioredis
 from faust.types import TP
 
+from iotp.kafka_marks import check_marks
+from iotp.profile_store import ProfileWatcher, settings_fallback
 from iotp.schema import now_ms
 from iotp.settings import Settings, get_settings
 from iotp.topics import redis_names
 from stream_jobs.detectors import load_rules
-from stream_jobs.engine import Effects, Engine
+from stream_jobs.engine import Effects, Engine, PartitionState
 from stream_jobs.faust_consumer import use_fetch_max_wait
 from stream_jobs.redis_state import RedisWriter
 
@@ -47,7 +49,10 @@ STAT_FIELDS = (
     "stream.dropped_late",
     "stream.duplicates",
     "stream.out_of_order",
+    "stream.backfill",
     "stream.replay_skipped",
+    "stream.reset_discarded",
+    "stream.snapshot_behind",
     "stream.invalid",
 )
 
@@ -61,11 +66,21 @@ class StreamJob:
         overrides = {}
         if settings.stream_silence_min_s is not None:
             overrides["silence_min_s"] = settings.stream_silence_min_s
+        file_profiles = settings_fallback(settings)
         self.engine = Engine(
             settings.stream_windows_s,
             settings.stream_window_grace_s,
-            load_rules(settings.stream_rules_file, **overrides),
+            load_rules(settings.stream_rules_file, file_profiles, **overrides),
         )
+        # Live device profiles (thresholds, expected intervals): swapped into the shared RuleSet on change.
+        self.profiles = ProfileWatcher(
+            aioredis.from_url(settings.redis_url),
+            redis_names(settings),
+            file_profiles,
+            settings.profiles_poll_s,
+            on_change=self.engine.rules.use_profiles,
+        )
+        self.next_profiles_check = 0.0
         self.topic = settings.topic_readings
         # from_url connects lazily, on the worker's event loop.
         self.writer = RedisWriter(
@@ -77,22 +92,126 @@ class StreamJob:
         self.owned: set[int] = set()
         self.reported: Counter[str] = Counter()
         self.last_stats = 0.0
+        # Offsets as identity (see check_offsets): partitions whose position may be below the snapshot's
+        # offset (the replay after a load), partitions whose first record after a load must not jump past it,
+        # partitions being rewound to the snapshot's offset (until when, monotonic), and the next check time.
+        self.expect_replay: set[int] = set()
+        self.first_after_load: set[int] = set()
+        self.rewinding: dict[int, tuple[int, float]] = {}
+        self.next_offset_check: dict[int, float] = {}
+        self.upstream_alive = True
 
     # ---- rebalancing -------------------------------------------------------------------------------
     async def on_assigned(self, assigned: set[TP]) -> None:
+        await self.refresh_profiles()
         mine = {tp.partition for tp in assigned if tp.topic == self.topic}
         async with self.lock:
             for partition in set(self.engine.partitions) - mine:
                 self.engine.drop_partition(partition)
+            loaded: dict[int, PartitionState] = {}
             for partition in sorted(mine - set(self.engine.partitions)):
-                ps = self.engine.load_partition(partition, await self.writer.load(partition))
+                ps = loaded[partition] = self.engine.load_partition(partition, await self.writer.load(partition))
                 log.info(
                     "partition %d assigned: %d device states restored, next offset %d",
                     partition,
                     len(ps.devices),
                     ps.next_offset,
                 )
+            fx = Effects()
+            reset = await self.validate_offsets(loaded, fx, "snapshot")
+            for partition in loaded:
+                self.rewinding.pop(partition, None)
+                if partition not in reset and loaded[partition].next_offset > 0:
+                    self.expect_replay.add(partition)
+                    self.first_after_load.add(partition)
             self.owned = mine
+            await self.flush(fx)
+
+    async def validate_offsets(self, partitions: dict[int, PartitionState], fx: Effects, what: str) -> set[int]:
+        """Check each partition's mark (offset + fingerprint of the record below it) against Kafka; forget
+        the offsets that belong to another incarnation of the topic (wiped broker, topic recreated, log
+        truncated), loudly. Returns the partitions reset. Device states stay (they are about devices)."""
+        marks = {TP(self.topic, p): ps.mark() for p, ps in partitions.items() if ps.mark() is not None}
+        if not marks:
+            return set()
+        verdicts = await check_marks(self.settings, marks, timeout_s=5.0)
+        unknown = {tp: marks[TP(tp.topic, tp.partition)] for tp, v in verdicts.items() if v.unknown}
+        if unknown:  # the broker did not answer in time: ask once more before treating it as a reset
+            verdicts.update(await check_marks(self.settings, unknown, timeout_s=5.0))
+        reset = set()
+        for key, verdict in verdicts.items():
+            tp = TP(key.topic, key.partition)
+            if verdict.valid:
+                continue
+            log.warning(
+                "partition %d: discarding the %s offset %d: %s. Its records are read again from Kafka's "
+                "position; readings already applied count as duplicates (stream.reset_discarded)",
+                tp.partition,
+                what,
+                marks[tp].offset,
+                verdict.reason,
+            )
+            self.engine.reset_offset(tp.partition, fx)
+            self.expect_replay.discard(tp.partition)
+            self.first_after_load.discard(tp.partition)
+            reset.add(tp.partition)
+        return reset
+
+    async def check_offsets(self) -> None:
+        """In a running worker: a consumer position below the applied offset (outside the replay after a
+        load), or a high watermark below it, means the broker's log was reset under us (a wiped broker
+        restarted, the topic recreated). If the mark does not match Kafka any more, forget the offset and
+        read the partition from its start: Faust itself drops records below its read offset, so the new
+        records would otherwise never reach the engine."""
+        suspects: dict[int, PartitionState] = {}
+        now = time.monotonic()
+        for partition in self.owned:
+            ps = self.engine.partitions.get(partition)
+            if ps is None or ps.next_offset <= 0 or self.next_offset_check.get(partition, 0.0) > now:
+                continue
+            hw = self._highwater(partition)
+            try:
+                pos = await asyncio.wait_for(self.app.consumer.position(TP(self.topic, partition)), 1.0)
+            except Exception:
+                pos = None
+            if pos is not None and pos >= ps.next_offset:
+                self.expect_replay.discard(partition)
+            behind = pos is not None and pos < ps.next_offset and partition not in self.expect_replay
+            if behind or (hw is not None and hw < ps.next_offset):
+                suspects[partition] = ps
+                self.next_offset_check[partition] = now + 2.0
+        if not suspects:
+            return
+        fx = Effects()
+        for partition in await self.validate_offsets(suspects, fx, "applied"):
+            await self.app.consumer.seek(TP(self.topic, partition), 0)
+        await self.flush(fx)
+
+    def _rewind_filter(self, partition: int, offset: int) -> bool:
+        """False for a record to leave out: after a load, the first record may lie beyond the snapshot's
+        offset (Redis lost its last writes, e.g. a kill -9 within appendfsync's second, while Kafka's
+        committed offset moved on); then the partition is rewound to the snapshot's offset, so the state is
+        rebuilt from Kafka, and the records fetched before the rewind are left out until it lands."""
+        ps = self.engine.partitions.get(partition)
+        if partition in self.first_after_load:
+            self.first_after_load.discard(partition)
+            if ps is not None and 0 < ps.next_offset < offset:
+                log.warning(
+                    "partition %d: the snapshot (offset %d) is older than Kafka's committed offset (%d); "
+                    "rewinding to rebuild the state from Kafka",
+                    partition,
+                    ps.next_offset,
+                    offset,
+                )
+                self.engine.counters["stream.snapshot_behind"] += 1
+                self.rewinding[partition] = (ps.next_offset, time.monotonic() + 30.0)
+                return False
+        target = self.rewinding.get(partition)
+        if target is not None:
+            if offset > target[0] and time.monotonic() < target[1]:
+                return False
+            del self.rewinding[partition]
+        return True
 
     async def on_revoked(self, revoked: set[TP]) -> None:
         gone = {tp.partition for tp in revoked if tp.topic == self.topic}
@@ -107,18 +226,34 @@ class StreamJob:
         async with self.lock:
             fx = Effects()
             now = now_ms()
+            rewind = set(self.rewinding)
             for event in events:
                 msg = event.message
                 if msg.partition not in self.owned:
                     continue  # revoked while buffered: the new owner replays it
-                self.engine.apply(msg.partition, msg.offset, event.value, int(msg.timestamp * 1000), fx, now)
+                if (self.first_after_load or self.rewinding) and not self._rewind_filter(msg.partition, msg.offset):
+                    continue
+                # round(): Faust gives the Kafka timestamp in float seconds; the mark needs the exact ms
+                self.engine.apply(msg.partition, msg.offset, event.value, round(msg.timestamp * 1000), fx, now)
             await self.flush(fx)
+            for partition in set(self.rewinding) - rewind:
+                await self.app.consumer.seek(TP(self.topic, partition), self.rewinding[partition][0])
+
+    async def refresh_profiles(self) -> None:
+        self.next_profiles_check = time.monotonic() + self.settings.profiles_poll_s
+        if await self.profiles.try_refresh():
+            log.info("device profiles loaded (version %s)", self.profiles.version)
 
     async def tick(self) -> None:
+        if time.monotonic() >= self.next_profiles_check:
+            await self.refresh_profiles()
         now = now_ms()
+        self.upstream_alive = await self._upstream_alive(now)
         async with self.lock:
+            await self.check_offsets()
             fx = Effects()
-            self.engine.tick(now, self.caught_up(now), fx)
+            caught_up = self.caught_up(now)
+            self.engine.tick(now, caught_up, fx, caught_up if self.upstream_alive else set())
             await self.flush(fx)
         if time.monotonic() - self.last_stats >= self.settings.stream_stats_interval_s:
             self.last_stats = time.monotonic()
@@ -137,6 +272,21 @@ class StreamJob:
             if (hw is not None and ps.next_offset >= hw) or ps.last_record_ms >= now - grace_ms:
                 out.add(partition)
         return out
+
+    async def _upstream_alive(self, now: int) -> bool:
+        """Is a gateway feeding the pipeline? (its heartbeat in the stats hash is recent). Without one,
+        silent devices say nothing about the devices, so silence detection is held."""
+        stale_ms = self.settings.stream_upstream_stale_s * 1000
+        if not stale_ms:
+            return True
+        heartbeat = await self.writer.gateway_heartbeat()
+        alive = heartbeat is None or now - heartbeat <= stale_ms
+        if alive != self.upstream_alive:
+            if alive:
+                log.info("gateway heartbeat back: silence detection resumes")
+            else:
+                log.warning("no gateway heartbeat for %.0fs: silence detection held", (now - heartbeat) / 1000)
+        return alive
 
     def _highwater(self, partition: int) -> int | None:
         try:
@@ -215,7 +365,8 @@ class StreamJob:
                     continue
             lag += max(0, hw - position)
         try:
-            await self.writer.write_stats(increments, lag, now)
+            gauges = {"stream.silence_held": self.engine.held(), "stream.upstream_alive": int(self.upstream_alive)}
+            await self.writer.write_stats(increments, lag, now, gauges)
         except Exception as exc:  # stats are best effort; retried with the next tick
             log.warning("could not write stream stats: %r", exc)
             return

@@ -2,8 +2,9 @@
 
 Rules (``rule`` field of :class:`iotp.schema.Alert`):
 
-* ``threshold``   -- value outside the normal range of the device type (rules file, defaults from
-  ``iotp.devices``); clears inside the range narrowed by a 2% hysteresis band.
+* ``threshold``   -- value outside the normal range of the device type (its device profile's
+  ``normal_min``/``normal_max`` or ``threshold`` override, see ``iotp.profiles``; a rules file may
+  override again); clears inside the range narrowed by a 2% hysteresis band.
 * ``zscore``      -- ``|x - level| / sigma > z_open``: ``level`` is a time-based EWMA of the metric, ``sigma``
   the noise level estimated from successive differences (robust to slow trends and daily cycles). Both
   are updated with residuals clipped to 3 sigma, so an anomaly does not teach the baseline.
@@ -11,8 +12,8 @@ Rules (``rule`` field of :class:`iotp.schema.Alert`):
   ``drift_open`` sigma for ``drift_open_count`` readings.
 * ``rate_of_change`` -- ``|dx/dt|`` above the metric's ``max_rate`` (only where the rules file sets one).
 * ``flatline``    -- ``flatline_count`` identical consecutive readings (stuck sensor).
-* ``silence``     -- no reading for ``max(silence_factor x observed interval, silence_min_s)``; resolves
-  ("back online") with the next reading.
+* ``silence``     -- no reading for ``max(silence_factor x max(observed interval, the profile's
+  expected_interval_s), silence_min_s)``; resolves ("back online") with the next reading.
 
 Every rule goes through the same :class:`Tracker` lifecycle: one open alert per device x rule x metric,
 opened once, resolved after ``clear_count`` normal readings and at least ``min_open_s`` -- no storms.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from iotp.devices import DEVICE_TYPES
+from iotp.profiles import MetricProfile, Profiles, expected_interval_ms, shipped_profiles
 
 SEVERITY = {
     "threshold": "warning",
@@ -75,8 +76,13 @@ class MetricRule:
 
 @dataclass
 class RuleSet:
+    """The rules of every device type. Shared by all detectors of a worker: :meth:`use_profiles` swaps the
+    per-metric rules and expected intervals in place, so a changed profile applies to the next reading."""
+
     params: DetectorParams = field(default_factory=DetectorParams)
     metrics: dict[tuple[str, str], MetricRule] = field(default_factory=dict)
+    intervals_ms: dict[str, float] = field(default_factory=dict)  # device type -> expected interval
+    overrides: dict = field(default_factory=dict)  # the rules file's ``thresholds`` (applied over profiles)
 
     def rule(self, device_type: str, metric: str) -> MetricRule:
         found = self.metrics.get((device_type, metric))
@@ -84,14 +90,60 @@ class RuleSet:
             found = self.metrics[(device_type, metric)] = MetricRule()
         return found
 
+    def expected_interval_ms(self, device_type: str) -> float:
+        return self.intervals_ms.get(device_type, 0.0)
+
+    def use_profiles(self, profiles: Profiles) -> None:
+        self.metrics = metric_rules(profiles, self.overrides)
+        self.intervals_ms = {t: expected_interval_ms(p) for t, p in profiles.items()}
+
 
 def default_rules_path() -> Path:
     return Path(str(resources.files("stream_jobs") / "rules" / "rules.yaml"))
 
 
-def load_rules(path: Path | str | None = None, **param_overrides) -> RuleSet:
-    """Rules from the YAML file (default: the packaged ``stream_jobs/rules/rules.yaml``) over the
-    catalogue's normal ranges."""
+def _rule(o: dict, spec: MetricProfile | None) -> MetricRule:
+    """A metric's rule: the rules-file override ``o`` over the profile's threshold over its normal range."""
+    t = spec.threshold if spec is not None else None
+
+    def pick(name: str, profile_value, default=None):
+        if name in o:
+            return o[name]
+        return profile_value if profile_value is not None else default
+
+    lo = pick("min", t.min if t else None, spec.normal_min if spec else None)
+    hi = pick("max", t.max if t else None, spec.normal_max if spec else None)
+    floor = 1e-6 if lo is None or hi is None else max(1e-6, 1e-3 * (hi - lo))
+    return MetricRule(
+        min=lo,
+        max=hi,
+        max_rate=pick("max_rate", t.max_rate if t else None),
+        severity=pick("severity", t.severity if t else None, "warning"),
+        zscore=pick("zscore", t.zscore if t else None, True),
+        drift=pick("drift", t.drift if t else None, True),
+        flatline=pick("flatline", t.flatline if t else None, True),
+        sigma_floor=pick("sigma_floor", t.sigma_floor if t else None, floor),
+    )
+
+
+def metric_rules(profiles: Profiles, overrides: dict | None = None) -> dict[tuple[str, str], MetricRule]:
+    """Pure: the rule of every profiled metric, plus metrics only the rules file's ``thresholds`` name."""
+    overrides = overrides or {}
+    metrics: dict[tuple[str, str], MetricRule] = {}
+    for device_type, profile in profiles.items():
+        for metric, spec in profile.metrics.items():
+            metrics[(device_type, metric)] = _rule((overrides.get(device_type) or {}).get(metric) or {}, spec)
+    for device_type, specs in overrides.items():  # types/metrics no profile knows
+        for metric, o in (specs or {}).items():
+            if (device_type, metric) not in metrics:
+                metrics[(device_type, metric)] = _rule(o or {}, None)
+    return metrics
+
+
+def load_rules(path: Path | str | None = None, profiles: Profiles | None = None, **param_overrides) -> RuleSet:
+    """Detector parameters from the rules YAML (default: the packaged ``stream_jobs/rules/rules.yaml``) and
+    per-metric rules from the device ``profiles`` (default: the shipped ones), with the rules file's
+    optional ``thresholds`` applied over them."""
     doc = yaml.safe_load(Path(path or default_rules_path()).read_text()) or {}
     known = {f.name for f in fields(DetectorParams)}
     given = {k: v for k, v in (doc.get("detectors") or {}).items() if k in known}
@@ -99,36 +151,9 @@ def load_rules(path: Path | str | None = None, **param_overrides) -> RuleSet:
     if unknown:
         raise ValueError(f"unknown detector parameters in rules file: {sorted(unknown)}")
     params = DetectorParams(**{**given, **param_overrides})
-    overrides = doc.get("thresholds") or {}
-    metrics: dict[tuple[str, str], MetricRule] = {}
-    for device_type, specs in DEVICE_TYPES.items():
-        for metric, spec in specs.items():
-            o = (overrides.get(device_type) or {}).get(metric) or {}
-            lo, hi = o.get("min", spec.normal_min), o.get("max", spec.normal_max)
-            metrics[(device_type, metric)] = MetricRule(
-                min=lo,
-                max=hi,
-                max_rate=o.get("max_rate"),
-                severity=o.get("severity", "warning"),
-                zscore=o.get("zscore", True),
-                drift=o.get("drift", True),
-                flatline=o.get("flatline", True),
-                sigma_floor=o.get("sigma_floor", max(1e-6, 1e-3 * (hi - lo))),
-            )
-    for device_type, specs in overrides.items():  # types/metrics the catalogue does not know
-        for metric, o in (specs or {}).items():
-            if (device_type, metric) not in metrics:
-                metrics[(device_type, metric)] = MetricRule(
-                    min=o.get("min"),
-                    max=o.get("max"),
-                    max_rate=o.get("max_rate"),
-                    severity=o.get("severity", "warning"),
-                    zscore=o.get("zscore", True),
-                    drift=o.get("drift", True),
-                    flatline=o.get("flatline", True),
-                    sigma_floor=o.get("sigma_floor", 1e-6),
-                )
-    return RuleSet(params, metrics)
+    rules = RuleSet(params, overrides=doc.get("thresholds") or {})
+    rules.use_profiles(shipped_profiles() if profiles is None else profiles)
+    return rules
 
 
 def alert_id(device_id: str, rule: str, metric: str | None, first_seen: int) -> str:
@@ -456,7 +481,8 @@ class DeviceDetector:
     # ---- silence -----------------------------------------------------------------------------------
     def silence_after_ms(self) -> float:
         p = self.params
-        return max(p.silence_factor * self.interval_ms, p.silence_min_s * 1000.0)
+        interval = max(self.interval_ms, self.rules.expected_interval_ms(self.device_type))
+        return max(p.silence_factor * interval, p.silence_min_s * 1000.0)
 
     def check_silence(self, now_ms: int) -> list[dict]:
         """Open a ``silence`` alert if nothing arrived for too long (``now_ms`` on the ``rx`` clock).

@@ -11,55 +11,108 @@ partition), together with ``next_offset``: the offset after the last record whos
 state. The stream job snapshots dirty device states and ``next_offset`` in one Redis transaction before
 it acks the records, so after a restart or rebalance the new owner loads the snapshot and skips the
 records below ``next_offset`` that Kafka redelivers (the committed offset may lag the snapshot).
+
+An offset is only meaningful in one incarnation of the topic (a wiped broker or a recreated topic numbers
+from 0 again), so the snapshot also stores the fingerprint of the record at ``next_offset - 1``
+(:class:`iotp.kafka_marks.Mark`); the stream job checks it against Kafka and calls :meth:`Engine.reset_offset`
+when it does not match. Device states (windows, detectors, seq dedup) are about devices, not offsets, and
+stay.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import orjson
 
+from iotp.kafka_marks import Mark, fingerprint
+from iotp.schema import NO_SEQ, key_of
 from stream_jobs.detectors import DeviceDetector, RuleSet
 from stream_jobs.windows import DROPPED, LATE, DeviceWindows
 
-SEEN_BITS = 64
-SEEN_MASK = (1 << SEEN_BITS) - 1
+DEDUP_MEMORY = 64  # identities remembered per device (the old seq bitmask also covered 64)
+NEW, OUT_OF_ORDER, DUPLICATE = 0, 1, 2
+NONE = (-1, -1)
 
 
 class DeviceState:
-    """Windows, detectors and the dedup memory (newest seq + a bitmask of the 64 seqs below it)."""
+    """Windows, detectors and the dedup memory of one device.
 
-    __slots__ = ("detector", "device_type", "max_seq", "seen", "windows")
+    A reading's identity is ``(ts, key)`` (``key`` = seq, or the metrics hash of a seq-less device, see
+    ``iotp.schema``), and identities are ordered the same way: time first. The dedup memory is the newest
+    identity (the order watermark), the last :data:`DEDUP_MEMORY` identities seen, and ``floor``, the largest
+    identity that fell out of the memory. A rebooted device (seq back to 1, time forward) is therefore simply
+    newer, not a duplicate."""
+
+    __slots__ = ("detector", "device_type", "floor", "newest", "recent", "seen", "windows")
 
     def __init__(self, windows: DeviceWindows, detector: DeviceDetector, device_type: str) -> None:
         self.windows = windows
         self.detector = detector
         self.device_type = device_type
-        self.max_seq = -1
-        self.seen = 0
+        self.newest: tuple[int, int] = NONE
+        self.floor: tuple[int, int] = NONE
+        self.recent: deque[tuple[int, int]] = deque()  # arrival order, for eviction
+        self.seen: set[tuple[int, int]] = set()
 
-    def classify(self, seq: int) -> int:
-        """0 = new and in order, 1 = new but out of order, 2 = duplicate (or too old to tell)."""
-        if seq > self.max_seq:
-            shift = seq - self.max_seq
-            self.seen = ((self.seen << shift) | 1) & SEEN_MASK if shift < SEEN_BITS else 1
-            self.max_seq = seq
-            return 0
-        back = self.max_seq - seq
-        if back >= SEEN_BITS or (self.seen >> back) & 1:
-            return 2
-        self.seen |= 1 << back
-        return 1
+    def classify(self, ts: int, key: int, backfill: bool = False) -> int:
+        """NEW (newest so far), OUT_OF_ORDER (older than the newest, not seen), or DUPLICATE (seen, or at or
+        below ``floor`` so too old to tell). A ``backfill`` reading at or below ``floor`` is taken as new: it
+        only reaches history and counters, and ClickHouse keeps its own exact idempotence."""
+        ident = (ts, key)
+        if ident in self.seen or (ident <= self.floor and not backfill):
+            return DUPLICATE
+        self.seen.add(ident)
+        self.recent.append(ident)
+        if len(self.recent) > DEDUP_MEMORY:
+            old = self.recent.popleft()
+            self.seen.discard(old)
+            if old > self.floor:
+                self.floor = old
+        if ident > self.newest:
+            self.newest = ident
+            return NEW
+        return OUT_OF_ORDER
 
     def to_state(self) -> dict:
+        nts, nkey = self.newest
+        # compact: time and seq as small distances from the newest (a metrics-hash key as its decimal string)
+        if nkey < NO_SEQ:
+            memory = [x for ts, key in self.recent for x in (nts - ts, nkey - key if key < NO_SEQ else str(key))]
+        else:
+            memory = [x for ts, key in self.recent for x in (nts - ts, str(key))]
         return {
             "type": self.device_type,
-            "seq": self.max_seq,
-            "seen": self.seen,
+            "n": list(self.newest),
+            "f": list(self.floor),
+            "m": memory,
             "w": self.windows.to_state(),
             "d": self.detector.to_state(),
         }
+
+    def restore_dedup(self, state: dict) -> None:
+        """From :meth:`to_state`, or from a snapshot of the seq-bitmask era (``seq``/``seen``): then the
+        newest identity is (window watermark, seq) and everything at or before it counts as seen once."""
+        if "n" in state:
+            self.newest = tuple(state["n"])
+            self.floor = tuple(state["f"])
+            nts, nkey = self.newest
+            memory = state.get("m", [])
+            for i in range(0, len(memory) - 1, 2):
+                dk = memory[i + 1]
+                ident = (nts - memory[i], int(dk) if isinstance(dk, str) else nkey - dk)
+                self.recent.append(ident)
+                self.seen.add(ident)
+        elif "seq" in state:
+            self.newest = self.floor = (self.windows.watermark, int(state["seq"]))
+
+
+def _orderable(r: dict) -> bool:
+    try:
+        return isinstance(r["ts"], int) and isinstance(key_of(r), int)
+    except KeyError:
+        return False
 
 
 @dataclass
@@ -67,6 +120,17 @@ class PartitionState:
     devices: dict[str, DeviceState] = field(default_factory=dict)
     next_offset: int = -1  # offset after the last applied record; -1 = none yet
     last_record_ms: int = 0  # Kafka timestamp of the last applied record
+    last_ms: int = 0  # Kafka timestamp and value of the record at next_offset - 1 (the mark's fingerprint)
+    last_value: bytes | None = None
+    loaded_fp: str = ""  # the fingerprint read with the snapshot, until a record is applied
+    held_since: int | None = None  # wall ms since which silence detection is held (None: live)
+
+    def mark(self) -> Mark | None:
+        """``next_offset`` with the fingerprint of the record below it (None before any record)."""
+        if self.next_offset <= 0:
+            return None
+        fp = fingerprint(self.last_ms, self.last_value) if self.last_value is not None else self.loaded_fp
+        return Mark(self.next_offset, fp)
 
 
 @dataclass
@@ -93,16 +157,36 @@ class Engine:
 
     # ---- ownership ---------------------------------------------------------------------------------
     def load_partition(self, partition: int, snapshot: dict[bytes, bytes]) -> PartitionState:
-        """Install a partition's state from its snapshot hash (field ``__offset__`` + one per device)."""
+        """Install a partition's state from its snapshot hash (``__offset__``, ``__mark__`` + one field per
+        device). A snapshot without ``__mark__`` (older format) has an empty fingerprint, which no check
+        accepts. Silence detection starts held, from when the partition last saw a reading: the worker's
+        downtime is not the devices' silence (see :meth:`tick`)."""
         ps = PartitionState()
         for key, raw in snapshot.items():
             name = key.decode() if isinstance(key, bytes) else key
             if name == "__offset__":
                 ps.next_offset = int(raw)
+            elif name == "__mark__":
+                ps.loaded_fp = Mark.decode(raw).fingerprint if raw else ""
             else:
                 ps.devices[name] = self._restore(name, orjson.loads(raw))
+        seen = [ds.detector.last_rx for ds in ps.devices.values() if ds.detector.last_rx >= 0]
+        ps.held_since = max(seen) if seen else None
         self.partitions[partition] = ps
         return ps
+
+    def reset_offset(self, partition: int, fx: Effects | None = None) -> None:
+        """Forget the partition's offset (it belongs to another incarnation of the topic): from now on no
+        record is skipped as a replay. Device states stay; a re-read reading is a duplicate by its id."""
+        ps = self.partitions.get(partition)
+        if ps is None:
+            return
+        ps.next_offset = -1
+        ps.last_value = None
+        ps.loaded_fp = ""
+        self.counters["stream.reset_discarded"] += 1
+        if fx is not None:
+            fx.offsets[partition] = -1
 
     def drop_partition(self, partition: int) -> None:
         self.partitions.pop(partition, None)
@@ -114,8 +198,7 @@ class Engine:
             DeviceDetector.from_state(device_id, device_type, self.rules, state["d"]),
             device_type,
         )
-        ds.max_seq = state["seq"]
-        ds.seen = state["seen"]
+        ds.restore_dedup(state)
         return ds
 
     def _new(self, device_id: str, device_type: str) -> DeviceState:
@@ -139,6 +222,7 @@ class Engine:
             return False
         ps.next_offset = offset + 1
         ps.last_record_ms = max(ps.last_record_ms, record_ms)
+        ps.last_ms, ps.last_value = record_ms, raw
         fx.offsets[partition] = ps.next_offset
         c = self.counters
         c["stream.records"] += 1
@@ -157,25 +241,36 @@ class Engine:
         # Silence is measured from when the stream saw the device's data, not from the gateway's rx:
         # a backlog (worker restart, lag) must not look like silent devices.
         arrival = record_ms if now_ms is None else now_ms
-        fresh = False
+        fresh = invalid = False
         n_alerts = len(fx.alerts)
         for r in readings:
-            kind = ds.classify(r["seq"])
-            if kind == 2:
+            try:
+                backfill = bool(r.get("bf"))
+                kind = ds.classify(r["ts"], key_of(r), backfill)
+            except (KeyError, TypeError, AttributeError):
+                c["stream.invalid"] += 1
+                invalid = True
+                continue
+            if kind == DUPLICATE:
                 c["stream.duplicates"] += 1
                 continue
             fresh = True
             c["stream.readings"] += 1
+            if backfill:  # a buffered upload: history and the latest state (if newer) only
+                c["stream.backfill"] += 1
+                continue
             outcome = windows.add(r["ts"], r["metrics"])
             if outcome == LATE:
                 c["stream.late"] += 1
             elif outcome == DROPPED:
                 c["stream.dropped_late"] += 1
-            if kind == 0:
+            if kind == NEW:
                 fx.alerts.extend(detector.observe(r["ts"], arrival, r["metrics"]))
             else:
                 c["stream.out_of_order"] += 1
         if fresh:
+            if invalid:  # the latest-state writer orders readings by (ts, key): keep only those that have them
+                batch["readings"] = [r for r in readings if isinstance(r, dict) and _orderable(r)]
             fx.batches.append((batch, raw))
             fx.aggregates.extend(windows.due(None))
         if len(fx.alerts) != n_alerts:
@@ -184,10 +279,22 @@ class Engine:
         return True
 
     # ---- wall clock --------------------------------------------------------------------------------
-    def tick(self, now_ms: int, caught_up: set[int], fx: Effects) -> None:
-        """Close due windows and detect silence, for the partitions whose backlog is processed (on a
-        partition still catching up, the wall clock would turn its backlog into 'late' and 'silent')."""
+    def tick(self, now_ms: int, caught_up: set[int], fx: Effects, live: set[int] | None = None) -> None:
+        """Close due windows for the partitions whose backlog is processed (on a partition still catching
+        up, the wall clock would turn its backlog into 'late'), and detect silence on the ``live`` ones
+        (default: ``caught_up``; the stream job also requires a live gateway).
+
+        Silence is about devices, not the pipeline: while a partition is not live its silence clock is
+        held, and when it becomes live again every device's deadline moves forward by the time it was held
+        (:meth:`_resume_silence`), so a restart, a backlog or a gateway outage does not become a storm of
+        ``silence`` alerts."""
+        live = caught_up if live is None else live
         for partition, ps in self.partitions.items():
+            if partition not in live:
+                if ps.held_since is None:
+                    ps.held_since = now_ms
+            elif ps.held_since is not None:
+                self._resume_silence(partition, ps, now_ms, fx)
             if partition not in caught_up:
                 continue
             for device_id, ds in ps.devices.items():
@@ -197,7 +304,7 @@ class Engine:
                     if due:
                         fx.aggregates.extend(due)
                         changed = True
-                alerts = ds.detector.check_silence(now_ms)
+                alerts = ds.detector.check_silence(now_ms) if partition in live else None
                 if alerts:
                     fx.alerts.extend(alerts)
                     fx.offline.append(device_id)
@@ -205,6 +312,24 @@ class Engine:
                     changed = True
                 if changed:
                     fx.dirty.setdefault(partition, set()).add(device_id)
+
+    def _resume_silence(self, partition: int, ps: PartitionState, now_ms: int, fx: Effects) -> None:
+        held = now_ms - (ps.held_since or now_ms)
+        ps.held_since = None
+        if held <= 0:
+            return
+        for device_id, ds in ps.devices.items():
+            last = ds.detector.last_rx
+            if last < 0:
+                continue
+            moved = min(now_ms, last + held)  # seen while held (backlog replay): as if seen just now
+            if moved != last:
+                ds.detector.last_rx = moved
+                fx.dirty.setdefault(partition, set()).add(device_id)
+
+    def held(self) -> int:
+        """Partitions whose silence detection is held (the pipeline, not the devices, is behind or down)."""
+        return sum(ps.held_since is not None for ps in self.partitions.values())
 
     def device(self, partition: int, device_id: str) -> DeviceState | None:
         ps = self.partitions.get(partition)

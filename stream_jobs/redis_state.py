@@ -1,13 +1,14 @@
 """Everything the stream job writes to Redis, in one transaction per flush.
 
 * One hash per device (``<prefix>:device:<id>``) and a fleet index (sorted set device id -> last ts).
-  A Lua script compares the reading's sequence number with the stored one inside Redis, so an older or
-  duplicate reading (redelivery, out-of-order replay) never overwrites a newer one, whatever the number
-  of workers. The device hash also gets ``status`` (online/offline) and ``open_alerts`` (a count, set
-  absolutely -- idempotent).
+  A Lua script compares the reading's order ``(ts, key)`` with the stored one inside Redis, so an older or
+  duplicate reading (redelivery, out-of-order replay, backfill) never overwrites a newer one, whatever the
+  number of workers, and a rebooted device's new readings do. The device hash also gets ``status``
+  (online/offline) and ``open_alerts`` (a count, set absolutely -- idempotent).
 * Open alerts: hash ``RedisNames.open_alerts`` alert id -> Alert JSON (HSET on open, HDEL on resolve).
 * Pub/sub: readings (the batch as received), aggregates and alerts.
-* The stream job's own snapshot: one hash per readings partition, ``__offset__`` + device id -> state.
+* The stream job's own snapshot: one hash per readings partition, ``__offset__`` and ``__mark__`` (the
+  offset with the fingerprint of the record below it, :mod:`iotp.kafka_marks`) + device id -> state.
 
 All of one flush goes in a MULTI/EXEC, so the snapshot and its offset never disagree with the effects
 they describe.
@@ -18,18 +19,35 @@ from __future__ import annotations
 import orjson
 import redis.asyncio as aioredis
 
+from iotp.schema import key_of, order_of
 from iotp.topics import RedisNames
 from stream_jobs.engine import Effects, Engine
 
-# KEYS: device hash, fleet zset. ARGV: device_id, device_type, seq, ts, rx, metrics-json, now_ms
+# KEYS: device hash, fleet zset. ARGV: device_id, device_type, seq ('' = none), ts, rx, metrics-json, now_ms, key.
+# Order is (ts, key): time first, the key (seq, or the metrics hash of a seq-less device) breaks ties. So a
+# rebooted device (seq back to 1, later ts) overwrites, and a duplicate or older reading never does. Numbers
+# are compared as decimal strings (length, then text): keys reach 2^64 and Lua numbers are doubles.
 UPDATE_LATEST = """
-local cur = redis.call('HGET', KEYS[1], 'seq')
-if cur and tonumber(cur) >= tonumber(ARGV[3]) then
-  return 0
+local function greater(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+local cur = redis.call('HMGET', KEYS[1], 'ts', 'k', 'seq')
+if cur[1] then
+  local cur_key = cur[2] or cur[3] or ''
+  if greater(cur[1], ARGV[4]) or (cur[1] == ARGV[4] and not greater(ARGV[8], cur_key)) then
+    return 0
+  end
 end
 local metrics = cjson.decode(ARGV[6])
-local fields = {'device_id', ARGV[1], 'device_type', ARGV[2], 'seq', ARGV[3], 'ts', ARGV[4],
+local fields = {'device_id', ARGV[1], 'device_type', ARGV[2], 'ts', ARGV[4], 'k', ARGV[8],
                 'rx', ARGV[5], 'last_seen', ARGV[7], 'status', 'online'}
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], 'seq')
+else
+  table.insert(fields, 'seq')
+  table.insert(fields, ARGV[3])
+end
 for name, value in pairs(metrics) do
   table.insert(fields, 'm:' .. name)
   table.insert(fields, tostring(value))
@@ -63,18 +81,20 @@ class RedisWriter:
         async with self.redis.pipeline(transaction=True) as pipe:
             for batch, raw in fx.batches:
                 readings = batch["readings"]
-                newest = max(readings, key=lambda r: r["seq"])
+                newest = max(readings, key=order_of)
+                seq = newest.get("seq")
                 device_id = batch["device_id"]
                 await self._update(
                     keys=[names.device_key(device_id), names.fleet_index],
                     args=[
                         device_id,
                         batch["device_type"],
-                        newest["seq"],
+                        "" if seq is None else seq,
                         newest["ts"],
                         newest.get("rx", 0),
                         orjson.dumps(newest["metrics"]),
                         now_ms,
+                        key_of(newest),
                     ],
                     client=pipe,
                 )
@@ -99,14 +119,32 @@ class RedisWriter:
                 if ps is None:
                     continue
                 mapping = {d: orjson.dumps(ps.devices[d].to_state()) for d in device_ids if d in ps.devices}
-                mapping["__offset__"] = ps.next_offset
+                mapping.update(self._offset_fields(engine, partition))
                 pipe.hset(self.snapshot_key(partition), mapping=mapping)
-            for partition, offset in fx.offsets.items():
-                if partition not in fx.dirty:
-                    pipe.hset(self.snapshot_key(partition), "__offset__", offset)
+            for partition in fx.offsets:
+                fields = self._offset_fields(engine, partition)
+                if partition not in fx.dirty and fields:
+                    pipe.hset(self.snapshot_key(partition), mapping=fields)
             await pipe.execute()
 
-    async def write_stats(self, increments: dict[str, int], lag: int | None, now_ms: int) -> None:
+    @staticmethod
+    def _offset_fields(engine: Engine, partition: int) -> dict[str, int | str]:
+        """``__offset__`` and ``__mark__`` (offset + fingerprint of the record below it, which a new owner
+        checks against Kafka before it skips anything; see :mod:`iotp.kafka_marks`)."""
+        ps = engine.partitions.get(partition)
+        if ps is None:
+            return {}
+        mark = ps.mark()
+        return {"__offset__": ps.next_offset, "__mark__": mark.encode() if mark else ""}
+
+    async def gateway_heartbeat(self) -> int | None:
+        """When a gateway last reported (``gateway.updated_ms`` in the stats hash), or None if none ever did."""
+        raw = await self.redis.hget(self.names.stats_key, "gateway.updated_ms")
+        return int(raw) if raw else None
+
+    async def write_stats(
+        self, increments: dict[str, int], lag: int | None, now_ms: int, gauges: dict[str, int] | None = None
+    ) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             for name, value in increments.items():
                 if value:
@@ -114,4 +152,6 @@ class RedisWriter:
             if lag is not None:
                 pipe.hset(self.names.stats_key, "stream.lag", lag)
             pipe.hset(self.names.stats_key, "stream.updated_ms", now_ms)
+            for name, value in (gauges or {}).items():
+                pipe.hset(self.names.stats_key, name, value)
             await pipe.execute()

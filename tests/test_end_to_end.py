@@ -40,11 +40,11 @@ async def test_readings_flow_to_clickhouse_redis_and_websocket(isolated_settings
         tag = uuid.uuid4().hex[:6]
         device_ids = [f"e2e-{tag}-{i}" for i in range(DEVICES)]
         sent = [reading(d, seq, temperature=20.0 + seq) for d in device_ids for seq in range(1, PER_DEVICE + 1)]
-        expected_ids = {f"{r['device_id']}:{r['seq']}" for r in sent}
+        expected_ids = {f"{r['device_id']}:{r['ts']}:{r['seq']}" for r in sent}  # identity: device, ts, seq
 
-        ws_url = base.replace("http", "ws") + f"/ws?token={settings.api_token}&channels=readings"
+        ws_url = base.replace("http", "ws") + "/ws?channels=readings"
         seen_on_ws: set[str] = set()
-        async with websockets.connect(ws_url) as ws:
+        async with websockets.connect(ws_url, additional_headers=headers) as ws:
             await asyncio.to_thread(publish_readings, settings, sent)
 
             async def all_on_ws():

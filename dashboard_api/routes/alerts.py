@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 
 from dashboard_api import live
-from dashboard_api.history_calls import run_query
+from dashboard_api.auth import require_operator
+from dashboard_api.deps import HistoryDep, NamesDep, RedisDep
 from dashboard_api.models import Ack, AckRequest, AckResult, AlertList, AlertOut
 from dashboard_api.params import ID_PATTERN, AlertIdPath, TimeRange, time_range, to_ms
 from history import queries
@@ -46,6 +47,7 @@ async def list_open_alerts(
 @router.get("/history", response_model=AlertList, summary="Alert events from ClickHouse, with filters")
 async def alert_history(
     request: Request,
+    history: HistoryDep,
     tr: Annotated[TimeRange, Depends(time_range)],
     device_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     rule: Annotated[str | None, Query(pattern=RULE_PATTERN)] = None,
@@ -54,8 +56,7 @@ async def alert_history(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=100000)] = 0,
 ) -> AlertList:
-    rows = await run_query(
-        request,
+    rows = await history.run(
         queries.alert_history,
         tr.start,
         tr.end,
@@ -82,16 +83,16 @@ async def alert_history(
 @router.post(
     "/{alert_id}/ack",
     response_model=AckResult,
-    summary="Acknowledge an open alert",
-    responses={404: {"description": "no open alert with this id"}},
+    summary="Acknowledge an open alert (operator role)",
+    dependencies=[Depends(require_operator)],
+    responses={403: {"description": "the token is not an operator's"}, 404: {"description": "no open alert"}},
 )
 async def acknowledge(
-    request: Request, alert_id: AlertIdPath, body: Annotated[AckRequest | None, Body()] = None
+    redis: RedisDep, names: NamesDep, alert_id: AlertIdPath, body: Annotated[AckRequest | None, Body()] = None
 ) -> AckResult:
     """Stores the ack (first ack wins; a repeated ack returns the stored one with ``created: false``) and
     broadcasts it on the alerts channel."""
     body = body or AckRequest()
-    redis, names = request.app.state.redis, request.app.state.names
     raw = await redis.hget(names.open_alerts, alert_id)
     if raw is None:
         raise HTTPException(404, f"no open alert {alert_id!r}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
-from dashboard_api.history_calls import run_query
+from dashboard_api.deps import HistoryDep
 from dashboard_api.models import FleetStat, FleetStats, TopDevice, TopDevices
 from dashboard_api.params import METRIC_PATTERN, TYPE_PATTERN, TimeRange, time_range
 from history import queries
@@ -20,13 +20,12 @@ router = APIRouter(prefix="/api/analytics", tags=["analytics"])
     summary="Per device type x metric: count, mean, percentiles, min, max",
 )
 async def fleet_stats(
-    request: Request,
+    history: HistoryDep,
     tr: Annotated[TimeRange, Depends(time_range)],
     device_type: Annotated[str | None, Query(alias="type", pattern=TYPE_PATTERN)] = None,
     metric: Annotated[str | None, Query(pattern=METRIC_PATTERN)] = None,
 ) -> FleetStats:
-    rows = await run_query(
-        request,
+    rows = await history.run(
         queries.fleet_stats,
         tr.start,
         tr.end,
@@ -42,14 +41,13 @@ async def fleet_stats(
     summary="Devices ranked by alert count or by deviation from their type's mean",
 )
 async def top_devices(
-    request: Request,
+    history: HistoryDep,
     tr: Annotated[TimeRange, Depends(time_range)],
     by: Annotated[Literal["alerts", "deviation"], Query()] = "alerts",
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     device_type: Annotated[str | None, Query(alias="type", pattern=TYPE_PATTERN)] = None,
 ) -> TopDevices:
-    rows = await run_query(
-        request,
+    rows = await history.run(
         queries.top_devices,
         tr.start,
         tr.end,

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from dashboard_api import live
-from dashboard_api.history_calls import run_query
+from dashboard_api.deps import HistoryDep, NamesDep, RedisDep
 from dashboard_api.models import DeviceList, DeviceState, DeviceStatus, FleetSummary, HistoryPoint, HistorySeries
 from dashboard_api.params import METRIC_PATTERN, TYPE_PATTERN, DeviceIdPath, TimeRange, time_range, to_ms
 from history import queries
@@ -18,6 +18,8 @@ router = APIRouter(prefix="/api", tags=["devices"])
 @router.get("/devices", response_model=DeviceList, summary="Fleet list with filters and pagination")
 async def list_devices(
     request: Request,
+    redis: RedisDep,
+    names: NamesDep,
     device_type: Annotated[str | None, Query(alias="type", pattern=TYPE_PATTERN, description="device type")] = None,
     status: Annotated[DeviceStatus | None, Query(description="online|offline")] = None,
     has_alerts: Annotated[
@@ -28,7 +30,7 @@ async def list_devices(
 ) -> DeviceList:
     """Devices sorted by id. ``total`` counts the devices that match the filters."""
     app = request.app
-    ids = await live.device_ids(app.state.redis, app.state.names)
+    ids = await live.device_ids(redis, names)
     if device_type is None and status is None and has_alerts is None:
         counts = await live.open_alert_counts(app)
         items = await live.load_devices(app, ids[offset : offset + limit], counts)
@@ -69,7 +71,7 @@ async def get_device(request: Request, device_id: DeviceIdPath) -> DeviceState:
     summary="A metric's history, downsampled to at most max_points",
 )
 async def get_history(
-    request: Request,
+    history: HistoryDep,
     device_id: DeviceIdPath,
     metric: Annotated[str, Query(pattern=METRIC_PATTERN, description="metric name, e.g. temperature")],
     tr: Annotated[TimeRange, Depends(time_range)],
@@ -79,8 +81,7 @@ async def get_history(
     ] = "auto",
     max_points: Annotated[int, Query(ge=10, le=10000)] = 1000,
 ) -> HistorySeries:
-    result = await run_query(
-        request,
+    result = await history.run(
         queries.device_series,
         device_id,
         metric,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+
+from dashboard_api.deps import ClickHouseDep, HubDep, RedisDep
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -16,18 +18,18 @@ async def live() -> dict:
 
 
 @router.get("/ready")
-async def ready(request: Request) -> JSONResponse:
+async def ready(redis: RedisDep, clickhouse: ClickHouseDep, hub: HubDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
-        await asyncio.wait_for(request.app.state.redis.ping(), 2)
+        await asyncio.wait_for(redis.ping(), 2)
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"error: {exc}"
     try:
-        await asyncio.wait_for(asyncio.to_thread(request.app.state.clickhouse.command, "SELECT 1"), 5)
+        await asyncio.wait_for(asyncio.to_thread(clickhouse.command, "SELECT 1"), 5)
         checks["clickhouse"] = "ok"
     except Exception as exc:
         checks["clickhouse"] = f"error: {exc}"
-    checks["pubsub"] = "ok" if request.app.state.hub.ready.is_set() else "not subscribed"
+    checks["pubsub"] = "ok" if hub.ready.is_set() else "not subscribed"
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from dashboard_api.history_calls import run_query
+from dashboard_api.deps import HistoryDep, HubDep, SamplerDep
 from dashboard_api.models import PipelineHealth
 from dashboard_api.params import ID_PATTERN
 from history import queries
@@ -20,9 +20,8 @@ router = APIRouter(prefix="/api", tags=["pipeline"])
     response_model=PipelineHealth,
     summary="Per-stage counters and rates (from two samples of the stats hash), lag, dead letters",
 )
-async def pipeline_health(request: Request) -> PipelineHealth:
-    sampler = request.app.state.sampler
-    return sampler.health(request.app.state.hub.stats(), await sampler.read())
+async def pipeline_health(sampler: SamplerDep, hub: HubDep) -> PipelineHealth:
+    return sampler.health(hub.stats(), await sampler.read())
 
 
 class IngestCheck(BaseModel):
@@ -43,11 +42,11 @@ class IngestCheck(BaseModel):
     summary="Stored readings, duplicates, gaps and sensor -> ClickHouse latency for a device-id prefix",
 )
 async def ingest_check(
-    request: Request,
+    history: HistoryDep,
     device_prefix: Annotated[
         str,
         Query(pattern=ID_PATTERN, min_length=3, description="device ids starting with this (at least 3 characters)"),
     ],
 ) -> IngestCheck:
-    result = await run_query(request, queries.ingest_check, device_prefix)
+    result = await history.run(queries.ingest_check, device_prefix)
     return IngestCheck(device_prefix=device_prefix, **result)

@@ -1,7 +1,9 @@
 """WebSocket ``/ws``: live readings, aggregates, alerts, fleet summary and pipeline health.
 
-Connect with ``/ws?token=T[&channels=readings,alerts,...][&devices=a,b][&client=label]`` (the token may
-also come as ``Authorization: Bearer``). A wrong or missing token is refused on the handshake with HTTP 401.
+Connect with ``/ws[?channels=readings,alerts,...][&devices=a,b][&client=label]`` and the token in the
+handshake's ``Authorization: Bearer`` (or ``X-API-Token``) header, or the page's session cookie; any role may
+connect. A token in the query string is not accepted (it would end up in logs). A wrong or missing token is
+refused on the handshake with HTTP 401.
 Frames are JSON ``{"channel": name, "data": ...}``. Without ``channels`` a client gets ``readings``.
 
 After connecting a client may send JSON messages:
@@ -28,7 +30,8 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketState
 
-from dashboard_api.auth import websocket_token_ok
+from dashboard_api.auth import websocket_role
+from dashboard_api.deps import HubDep, SettingsDep
 from dashboard_api.hub import ALL_CHANNELS, Subscriber
 from dashboard_api.params import ID_PATTERN
 
@@ -66,12 +69,10 @@ def _frame(channel: str, data: dict) -> str:
 
 
 @router.websocket("/ws")
-async def websocket_endpoint(websocket: WebSocket) -> None:
-    if not websocket_token_ok(websocket):
+async def websocket_endpoint(websocket: WebSocket, hub: HubDep, settings: SettingsDep) -> None:
+    if websocket_role(websocket) is None:
         await _refuse(websocket, 401, "missing or wrong API token")
         return
-    hub = websocket.app.state.hub
-    settings = websocket.app.state.settings
     channels = _csv(websocket.query_params.get("channels")) or ["readings"]
     devices = _csv(websocket.query_params.get("devices") or websocket.query_params.get("device"))
     error = _check(channels, devices)

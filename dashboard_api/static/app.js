@@ -1,9 +1,10 @@
 // Live dashboard: initial state over REST, then WebSocket pushes (readings, alerts, fleet, pipeline,
-// heartbeat). No external libraries: charts are drawn on <canvas> here.
+// heartbeat). Charts: uPlot, vendored under /static/vendor (see its README.md), no CDN.
 "use strict";
 
-const token = new URLSearchParams(location.search).get("token") || "dev-token";
-const HEADERS = { Authorization: `Bearer ${token}` };
+// Auth: the session is an HttpOnly cookie (POST /auth/login, or the /?token= link); this script never
+// sees the token. role: "viewer" (read) or "operator" (may acknowledge alerts).
+let role = null;
 const $ = (sel) => document.querySelector(sel);
 const devices = new Map();   // device_id -> state {device_id, device_type, seq, ts, status, open_alerts, metrics}
 const tiles = new Map();     // device_id -> element
@@ -15,10 +16,36 @@ let heartbeatS = 10;
 
 // ---------------------------------------------------------------- REST
 async function api(path, options = {}) {
-  const res = await fetch(path, { ...options, headers: { ...HEADERS, ...(options.headers || {}) } });
+  const res = await fetch(path, { ...options, credentials: "same-origin" });
+  if (res.status === 401) showLogin("session expired: log in again");
   if (!res.ok) throw new Error(`${path}: HTTP ${res.status} ${await res.text()}`);
   return res.json();
 }
+
+// ---------------------------------------------------------------- login
+function showLogin(message) {
+  $("#login").classList.remove("hidden");
+  $("#login-error").textContent = message || "";
+  $("#login-token").focus();
+}
+
+async function ensureLogin() {
+  const res = await fetch("/auth/me", { credentials: "same-origin" });
+  if (!res.ok) { showLogin(); return false; }
+  role = (await res.json()).role;
+  $("#whoami").textContent = role;
+  return true;
+}
+
+$("#login").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const res = await fetch("/auth/login", {
+    method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ token: $("#login-token").value }) });
+  $("#login-token").value = "";
+  if (res.ok) location.reload();
+  else showLogin("wrong token");
+});
 
 async function loadFleet() {
   let offset = 0;
@@ -38,11 +65,29 @@ async function loadAlerts() {
   renderAlerts();
 }
 
+// Units of each device type's metrics, from the device profiles (docs/device-profiles.md).
+const units = new Map();     // "type/metric" -> unit
+async function loadProfiles() {
+  const list = await api("/api/profiles");
+  list.items.forEach((p) => Object.entries(p.profile.metrics).forEach(([m, spec]) => units.set(`${p.device_type}/${m}`, spec.unit)));
+}
+function unitHtml(type, metric) {
+  const u = units.get(`${type}/${metric}`);
+  return u ? ` <span class="unit">${esc(u)}</span>` : "";
+}
+
 // ---------------------------------------------------------------- fleet grid
 function fmt(v) {
   if (v === null || v === undefined || Number.isNaN(v)) return "–";
   const a = Math.abs(v);
   return a >= 1000 ? v.toFixed(0) : a >= 100 ? v.toFixed(1) : v.toFixed(2);
+}
+
+// seq is the device's counter: the simulator starts it at the epoch millisecond, so group its digits;
+// it is optional in the schema ("—" when a device sends none).
+const SEQ_FORMAT = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
+function seqText(seq) {
+  return seq === null || seq === undefined || seq === "" ? "—" : SEQ_FORMAT.format(seq);
 }
 
 function statusOf(d) {
@@ -75,11 +120,12 @@ function renderTile(d, flash = false) {
   el.dataset.status = status;
   el.dataset.type = d.device_type;
   const metrics = Object.entries(d.metrics || {}).slice(0, 3)
-    .map(([k, v]) => `<div class="m"><span>${esc(k)}</span><span class="v" data-metric="${esc(k)}">${fmt(v)}</span></div>`)
+    .map(([k, v]) => `<div class="m"><span>${esc(k)}${unitHtml(d.device_type, k)}</span><span class="v" data-metric="${esc(k)}">${fmt(v)}</span></div>`)
     .join("");
   el.innerHTML = `<div class="id" title="${esc(d.device_id)}">${esc(d.device_id)}</div>` +
-    `<div class="type">${esc(d.device_type)} · seq <span class="seq">${d.seq}</span>` +
-    `${d.open_alerts > 0 ? ` · <b>${d.open_alerts} alert${d.open_alerts > 1 ? "s" : ""}</b>` : ""}</div>${metrics}`;
+    `<div class="type">${esc(d.device_type)}` +
+    `${d.open_alerts > 0 ? ` · <b>${d.open_alerts} alert${d.open_alerts > 1 ? "s" : ""}</b>` : ""}</div>` +
+    `<div class="seqline">seq <span class="seq" data-seq="${esc(d.seq ?? "")}">${seqText(d.seq)}</span></div>${metrics}`;
   applyFilter(el);
   scheduleSummary();
   if (flash) {
@@ -111,7 +157,8 @@ function onReadings(batch) {
   if (!last) return;
   received += batch.readings.length;
   const prev = devices.get(batch.device_id);
-  if (prev && prev.seq > last.seq) return; // older than what we show
+  // Order is time first (seq only breaks ties): a rebooted device restarts its seq, backfill is older.
+  if (prev && (prev.ts > last.ts || (prev.ts === last.ts && (prev.seq ?? -1) > (last.seq ?? -1)))) return;
   const d = upsertDevice({ device_id: batch.device_id, device_type: batch.device_type, seq: last.seq, ts: last.ts,
     status: "online", open_alerts: prev ? prev.open_alerts : 0, metrics: last.metrics });
   renderTile(d, true);
@@ -184,7 +231,7 @@ function alertItem(a) {
     info.className = "ackinfo";
     info.textContent = `✓ acked by ${a.ack.by}`;
     head.appendChild(info);
-  } else if (a.state === "open") {
+  } else if (a.state === "open" && role === "operator") {  // a viewer's token may not acknowledge
     const btn = document.createElement("button");
     btn.className = "ack";
     btn.textContent = "Acknowledge";
@@ -225,7 +272,7 @@ function onPipeline(p) {
     const key = PRIMARY[s.stage] || Object.keys(s.rates)[0];
     const rate = key ? s.rates[key] || 0 : 0;
     const hist = pipelineHistory.get(s.stage) || [];
-    hist.push(rate);
+    hist.push([Date.now() / 1000, rate]);
     if (hist.length > 120) hist.shift();
     pipelineHistory.set(s.stage, hist);
     let el = root.querySelector(`[data-stage="${s.stage}"]`);
@@ -233,7 +280,7 @@ function onPipeline(p) {
       el = document.createElement("div");
       el.className = "stage";
       el.dataset.stage = s.stage;
-      el.innerHTML = `<div class="name"></div><div class="rate"></div><div class="detail"></div><canvas></canvas>`;
+      el.innerHTML = `<div class="name"></div><div class="rate"></div><div class="detail"></div><div class="spark"></div>`;
       root.appendChild(el);
     }
     el.querySelector(".name").textContent = s.stage;
@@ -243,41 +290,33 @@ function onPipeline(p) {
     if (s.lag !== null && s.lag !== undefined) others.push(`lag ${s.lag}`);
     if (s.age_s !== null && s.age_s !== undefined) others.push(`reported ${s.age_s.toFixed(0)} s ago`);
     el.querySelector(".detail").textContent = others.join(" · ") || "—";
-    sparkline(el.querySelector("canvas"), hist);
+    sparkline(el.querySelector(".spark"), hist);
   }
   const dlq = Object.values(p.deadletter).reduce((x, y) => x + y, 0);
   $("#pipeline-note").textContent = `dead letters ${dlq} · dashboard clients ${p.websocket.clients}, ` +
     `frames dropped ${p.websocket.dropped}, coalesced ${p.websocket.coalesced}`;
 }
 
-function sparkline(canvas, values) {
-  const ctx = setupCanvas(canvas);
-  const { width: w, height: h } = canvas.getBoundingClientRect();
-  const max = Math.max(1, ...values);
-  const step = w / Math.max(30, values.length - 1);
-  ctx.strokeStyle = "#58a6ff";
-  ctx.fillStyle = "rgba(88,166,255,0.15)";
-  ctx.beginPath();
-  values.forEach((v, i) => {
-    const x = w - (values.length - 1 - i) * step;
-    const y = h - 2 - (v / max) * (h - 4);
-    i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
-  });
-  ctx.stroke();
-  ctx.lineTo(w, h); ctx.lineTo(w - (values.length - 1) * step, h); ctx.closePath(); ctx.fill();
-}
+// ---------------------------------------------------------------- charts (uPlot)
+const AXIS = { stroke: "#8a95a1", font: "10px system-ui", grid: { stroke: "#2a3038", width: 1 },
+  ticks: { stroke: "#2a3038", width: 1 } };
+const sparks = new Map();    // stage element -> uPlot
 
-function setupCanvas(canvas) {
-  const r = canvas.getBoundingClientRect();
-  const dpr = window.devicePixelRatio || 1;
-  if (canvas.width !== Math.round(r.width * dpr) || canvas.height !== Math.round(r.height * dpr)) {
-    canvas.width = Math.round(r.width * dpr);
-    canvas.height = Math.round(r.height * dpr);
+function sparkline(box, hist) {
+  const data = [hist.map(([t]) => t), hist.map(([, v]) => v)];
+  let u = sparks.get(box);
+  if (!u) {
+    u = new uPlot({
+      width: Math.max(box.clientWidth, 50), height: 36, padding: [2, 0, 0, 0],
+      legend: { show: false }, cursor: { show: false }, select: { show: false },
+      axes: [{ show: false }, { show: false }],
+      scales: { x: { time: true }, y: { range: (_u, _lo, hi) => [0, Math.max(1, hi)] } },
+      series: [{}, { stroke: "#58a6ff", fill: "rgba(88,166,255,0.15)", width: 1, points: { show: false } }],
+    }, data, box);
+    sparks.set(box, u);
+  } else {
+    u.setData(data);
   }
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.clearRect(0, 0, r.width, r.height);
-  return ctx;
 }
 
 // The summary line is computed from what the page shows; the server's fleet summary (every 2 s) tells
@@ -311,14 +350,17 @@ async function openDevice(id, range) {
   document.querySelectorAll(".ranges button").forEach((b) => b.classList.toggle("active", b.dataset.range === range));
   tiles.forEach((el, key) => el.classList.toggle("selected", key === id));
   const d = devices.get(id);
-  $("#device-meta").textContent = d ? `${d.device_type} · ${statusOf(d)} · seq ${d.seq}` : "";
+  $("#device-meta").textContent = d ? `${d.device_type} · ${statusOf(d)} · seq ${seqText(d.seq)}` : "";
   const metrics = Object.keys((d && d.metrics) || {});
   const charts = $("#charts");
+  plots.forEach((u) => u.destroy());
+  plots.clear();
   charts.replaceChildren(...metrics.map((m) => {
     const div = document.createElement("div");
     div.className = "chart";
     div.dataset.metric = m;
-    div.innerHTML = `<div class="title"><span>${esc(m)}</span><span class="latest"></span></div><canvas></canvas>`;
+    div.innerHTML = `<div class="title"><span>${esc(m)}${d ? unitHtml(d.device_type, m) : ""}</span><span class="latest"></span></div>` +
+      `<div class="plot"><span class="nodata muted small hidden">no data in this range yet</span></div>`;
     return div;
   }));
   $("#device-panel").scrollIntoView({ behavior: "smooth", block: "nearest" });
@@ -343,76 +385,59 @@ function scheduleCharts() {
 function drawCharts() {
   if (!selected) return;
   const d = devices.get(selected.id);
-  if (d) $("#device-meta").textContent = `${d.device_type} · ${statusOf(d)} · seq ${d.seq}`;
+  if (d) $("#device-meta").textContent = `${d.device_type} · ${statusOf(d)} · seq ${seqText(d.seq)}`;
   document.querySelectorAll("#charts .chart").forEach((div) => {
     const m = div.dataset.metric;
     const hist = (selected.series[m] && selected.series[m].points) || [];
     const live = selected.live[m] || [];
     const latest = live.length ? live[live.length - 1][1] : d && d.metrics[m];
     div.querySelector(".latest").textContent = fmt(latest);
-    drawChart(div.querySelector("canvas"), hist, live, RANGE_MS[selected.range]);
+    drawChart(div, hist, live, RANGE_MS[selected.range]);
   });
 }
 
-function drawChart(canvas, hist, live, spanMs) {
-  const ctx = setupCanvas(canvas);
-  const { width: w, height: h } = canvas.getBoundingClientRect();
-  const pad = { l: 44, r: 8, t: 6, b: 18 };
-  const end = Date.now();
-  const start = end - spanMs;
+// One uPlot per metric: x in seconds; series 1 = history (bucket mean or raw value), 2/3 = bucket min/max
+// (drawn as a band), 4 = live readings since the history was loaded. Empty buckets are gaps (null).
+const plots = new Map();     // chart element -> uPlot
+
+function chartData(hist, live, start) {
   const lastHist = hist.length ? hist[hist.length - 1].ts : -Infinity;
+  const h = [hist.map((p) => p.ts / 1000), hist.map((p) => p.value), hist.map((p) => p.min ?? p.value),
+    hist.map((p) => p.max ?? p.value)];
   const livePts = live.filter(([t]) => t > lastHist && t >= start);
-  hist = hist.filter((p) => p.value !== null && p.value !== undefined);  // empty buckets
-  const values = [];
-  hist.forEach((p) => values.push(p.min ?? p.value, p.max ?? p.value));
-  livePts.forEach(([, v]) => values.push(v));
-  ctx.font = "10px system-ui";
-  ctx.fillStyle = "#8a95a1";
-  if (!values.length) { ctx.fillText("no data in this range yet", pad.l, h / 2); return; }
-  let lo = Math.min(...values), hi = Math.max(...values);
-  if (hi === lo) { hi += 1; lo -= 1; }
-  const X = (t) => pad.l + ((t - start) / spanMs) * (w - pad.l - pad.r);
-  const Y = (v) => pad.t + (1 - (v - lo) / (hi - lo)) * (h - pad.t - pad.b);
-  // grid + labels
-  ctx.strokeStyle = "#2a3038";
-  ctx.lineWidth = 1;
-  for (let i = 0; i <= 3; i++) {
-    const v = lo + ((hi - lo) * i) / 3, y = Y(v);
-    ctx.beginPath(); ctx.moveTo(pad.l, y); ctx.lineTo(w - pad.r, y); ctx.stroke();
-    ctx.fillText(fmt(v), 2, y + 3);
-  }
-  for (let i = 0; i <= 4; i++) {
-    const t = start + (spanMs * i) / 4;
-    const d = new Date(t);
-    const label = spanMs > 86400e3 ? `${d.getMonth() + 1}/${d.getDate()} ${String(d.getHours()).padStart(2, "0")}h`
-      : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    ctx.fillText(label, Math.min(X(t), w - 60), h - 4);
-  }
-  // min/max band of downsampled history
-  const banded = hist.filter((p) => p.min !== null && p.min !== undefined);
-  if (banded.length > 1) {
-    ctx.fillStyle = "rgba(88,166,255,0.18)";
-    ctx.beginPath();
-    banded.forEach((p, i) => (i ? ctx.lineTo(X(p.ts), Y(p.max)) : ctx.moveTo(X(p.ts), Y(p.max))));
-    [...banded].reverse().forEach((p) => ctx.lineTo(X(p.ts), Y(p.min)));
-    ctx.closePath(); ctx.fill();
-  }
-  line(ctx, hist.map((p) => [X(p.ts), Y(p.value)]), "#58a6ff");
-  line(ctx, livePts.map(([t, v]) => [X(t), Y(v)]), "#3fb950");
-  if (livePts.length) {
-    const [t, v] = livePts[livePts.length - 1];
-    ctx.fillStyle = "#3fb950";
-    ctx.beginPath(); ctx.arc(X(t), Y(v), 3, 0, 2 * Math.PI); ctx.fill();
-  }
+  const l = [livePts.map(([t]) => t / 1000), livePts.map(([, v]) => v)];
+  const points = hist.filter((p) => p.value !== null && p.value !== undefined).length + livePts.length;
+  return { data: uPlot.join([h, l]), points };
 }
 
-function line(ctx, pts, color) {
-  if (!pts.length) return;
-  ctx.strokeStyle = color;
-  ctx.lineWidth = 1.5;
-  ctx.beginPath();
-  pts.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
-  ctx.stroke();
+function drawChart(div, hist, live, spanMs) {
+  const box = div.querySelector(".plot");
+  const end = Date.now();
+  const { data, points } = chartData(hist, live, end - spanMs);
+  div.dataset.points = points;
+  div.querySelector(".nodata").classList.toggle("hidden", points > 0);
+  let u = plots.get(div);
+  if (!u) {
+    const fmtAxis = (_u, vals) => vals.map((v) => fmt(v));
+    u = new uPlot({
+      width: Math.max(box.clientWidth, 100), height: 160, legend: { show: false },
+      cursor: { points: { size: 5 } }, select: { show: false },
+      scales: { x: { time: true } },
+      axes: [{ ...AXIS }, { ...AXIS, size: 48, values: fmtAxis }],
+      series: [
+        {},
+        { label: "history", stroke: "#58a6ff", width: 1.5, points: { show: false } },
+        { label: "min", stroke: "transparent", points: { show: false } },
+        { label: "max", stroke: "transparent", points: { show: false } },
+        { label: "live", stroke: "#3fb950", width: 1.5, spanGaps: true, points: { show: false } },
+      ],
+      bands: [{ series: [3, 2], fill: "rgba(88,166,255,0.18)" }],
+    }, data, box);
+    plots.set(div, u);
+  } else {
+    u.setData(data, false);
+  }
+  u.setScale("x", { min: (end - spanMs) / 1000, max: end / 1000 });
 }
 
 // ---------------------------------------------------------------- WebSocket with reconnect + backoff
@@ -428,8 +453,8 @@ function setConn(cls, text) {
 
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
-  const url = `${proto}://${location.host}/ws?token=${encodeURIComponent(token)}` +
-    "&channels=readings,alerts,fleet,pipeline,heartbeat&client=dashboard";
+  // authenticated by the session cookie the browser sends with the handshake (no token in the URL)
+  const url = `${proto}://${location.host}/ws?channels=readings,alerts,fleet,pipeline,heartbeat&client=dashboard`;
   setConn("connecting", "connecting…");
   ws = new WebSocket(url);
   ws.onopen = async () => {
@@ -456,7 +481,7 @@ function connect() {
   ws.onclose = (ev) => {
     const wait = Math.min(backoff, 15000) * (0.8 + Math.random() * 0.4);
     backoff = Math.min(backoff * 2, 15000);
-    setConn("down", `disconnected${ev.code === 1008 ? " (token?)" : ""} — retrying in ${(wait / 1000).toFixed(1)} s`);
+    setConn("down", `disconnected${ev.code === 1008 ? " (login?)" : ""} — retrying in ${(wait / 1000).toFixed(1)} s`);
     setTimeout(connect, wait);
   };
 }
@@ -473,15 +498,22 @@ $("#type-filter").addEventListener("change", () => tiles.forEach(applyFilter));
 $("#status-filter").addEventListener("change", () => tiles.forEach(applyFilter));
 $("#device-close").addEventListener("click", () => {
   selected = null;
+  plots.forEach((u) => u.destroy());
+  plots.clear();
   $("#device-panel").classList.add("hidden");
   tiles.forEach((el) => el.classList.remove("selected"));
   history.replaceState(null, "", location.pathname + location.search);
 });
 document.querySelectorAll(".ranges button").forEach((b) =>
   b.addEventListener("click", () => selected && openDevice(selected.id, b.dataset.range)));
-window.addEventListener("resize", () => { drawCharts(); });
+window.addEventListener("resize", () => {
+  plots.forEach((u, div) => u.setSize({ width: Math.max(div.querySelector(".plot").clientWidth, 100), height: 160 }));
+  sparks.forEach((u, box) => u.setSize({ width: Math.max(box.clientWidth, 50), height: 36 }));
+});
 
 (async () => {
+  if (!(await ensureLogin())) return;
+  await loadProfiles().catch(console.error);  // units only: the page works without them
   try { await Promise.all([loadFleet(), loadAlerts()]); } catch (e) { setConn("down", String(e).slice(0, 80)); }
   const m = location.hash.match(/device=([^&]+)/);
   if (m) openDevice(decodeURIComponent(m[1]));

@@ -146,31 +146,58 @@ def test_dashboard_page_live_values_alert_and_ack(pipeline, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{settings.api_url}/?token={settings.api_token}")
+            foreign: list[str] = []  # the page loads nothing from elsewhere (uPlot is vendored, no CDN)
+            page.on("request", lambda r: None if r.url.startswith(settings.api_url) else foreign.append(r.url))
+            # log in through the page's form: the token becomes an HttpOnly cookie, never a URL or JS value
+            page.goto(f"{settings.api_url}/")
+            expect(page.locator("#login")).to_be_visible(timeout=10_000)
+            page.fill("#login-token", settings.api_token)
+            page.locator("#login button[type=submit]").click()
+            expect(page.locator("#whoami")).to_have_text("operator", timeout=10_000)
+            session = next(c for c in page.context.cookies() if c["name"] == "iotp_session")
+            assert session["httpOnly"] and session["sameSite"] == "Strict"
+            assert settings.api_token not in page.url
+            assert page.evaluate("document.cookie") == "", "the session cookie is not readable by scripts"
 
             expect(page.locator("#conn")).to_have_text("live", timeout=20_000)
             tile = page.locator(f'.tile[data-device="{device_ids[0]}"]')
             expect(tile).to_be_visible(timeout=20_000)
             expect(page.locator(".tile")).to_have_count(DEVICES)
+            expect(tile.locator(".unit").first).to_be_visible()  # units from /api/profiles
+            expect(tile).to_contain_text("°C")
             # live values change: the sequence number and a metric value on the tile move on
-            seq0 = int(tile.locator(".seq").inner_text())
+            seq0 = int(tile.locator(".seq").get_attribute("data-seq"))
             temp0 = tile.locator('.v[data-metric="temperature"]').inner_text()
             page.wait_for_function(
-                "([id, s]) => +document.querySelector(`.tile[data-device='${id}'] .seq`).textContent >= s + 3",
+                "([id, s]) => +document.querySelector(`.tile[data-device='${id}'] .seq`).dataset.seq >= s + 3",
                 arg=[device_ids[0], seq0],
                 timeout=20_000,
             )
+            seq = tile.locator(".seq")
+            assert seq.inner_text() == f"{int(seq.get_attribute('data-seq')):,}", "seq is shown with grouped digits"
             assert tile.locator('.v[data-metric="temperature"]').inner_text() != temp0
             expect(page.locator("#counters")).to_contain_text("readings received")
             # the pipeline panel shows throughput per stage
             expect(page.locator('.stage[data-stage="gateway"] .rate')).to_contain_text("received/s", timeout=15_000)
+            expect(page.locator('.stage[data-stage="gateway"] .spark .uplot canvas')).to_be_visible()
 
             # device panel: one live chart per metric, history range picker
             tile.click()
             expect(page.locator("#device-panel")).to_be_visible()
             expect(page.locator("#charts .chart")).to_have_count(3)
+            expect(page.locator('#charts .chart[data-metric="temperature"] .title')).to_contain_text("°C")
             expect(page.locator("#device-resolution")).to_contain_text("resolution: ", timeout=15_000)
             expect(page.locator("#device-resolution")).to_contain_text("1m")  # 360 readings > max_points 300
+            # each chart is a uPlot (a canvas inside .uplot) drawing the downsampled hour plus live readings
+            expect(page.locator("#charts .chart .uplot canvas")).to_have_count(3)
+            temp_chart = page.locator('#charts .chart[data-metric="temperature"]')
+            expect(temp_chart.locator(".uplot canvas")).to_be_visible()
+            page.wait_for_function(
+                "() => +document.querySelector(\"#charts .chart[data-metric='temperature']\").dataset.points >= 60",
+                timeout=15_000,
+            )
+            expect(temp_chart.locator(".nodata")).to_be_hidden()
+            expect(page.locator("#device-meta")).to_contain_text("seq ")
             for name in ("24h", "7d", "1h"):  # each range loads the downsampled series of every metric
                 with page.expect_response(lambda r, n=name: "/history?" in r.url and f"range={n}" in r.url) as resp:
                     page.locator(f'.ranges button[data-range="{name}"]').click()
@@ -205,6 +232,7 @@ def test_dashboard_page_live_values_alert_and_ack(pipeline, tmp_path):
             out.mkdir(exist_ok=True)
             shutil.copy(shot, out / "dashboard.png")
             assert not errors, errors
+            assert not foreign, foreign
             browser.close()
         assert not feeder.errors, feeder.errors[:3]
     finally:

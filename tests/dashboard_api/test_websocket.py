@@ -18,7 +18,12 @@ pytestmark = pytest.mark.integration
 
 
 def ws_url(api, query: str) -> str:
-    return api.api_url.replace("http", "ws") + f"/ws?token={api.api_token}&{query}"
+    return api.api_url.replace("http", "ws") + f"/ws?{query}"
+
+
+def auth(api) -> dict[str, str]:
+    """The token goes in the handshake's header (a query-string token is not accepted)."""
+    return {"Authorization": f"Bearer {api.api_token}"}
 
 
 def batch(device_id: str, seq: int, pad_metrics: int = 1) -> bytes:
@@ -61,7 +66,7 @@ def client_stats(api, label: str) -> dict:
 async def test_device_filter_and_subscribe_messages(api, rds, names):
     tag = uuid.uuid4().hex[:6]
     a, b, c = f"wa-{tag}", f"wb-{tag}", f"wc-{tag}"
-    async with websockets.connect(ws_url(api, f"channels=readings&devices={a}")) as ws:
+    async with websockets.connect(ws_url(api, f"channels=readings&devices={a}"), additional_headers=auth(api)) as ws:
         await publish(rds, names.channel_readings, [batch(b, 1), batch(a, 1), batch(c, 1), batch(a, 2)])
         frames = await recv_frames(ws, lambda f: len(f) >= 2)
         assert [(f["data"]["device_id"], f["data"]["readings"][0]["seq"]) for f in frames] == [(a, 1), (a, 2)]
@@ -87,7 +92,7 @@ async def test_device_filter_and_subscribe_messages(api, rds, names):
 
 async def test_fleet_pipeline_and_heartbeat_channels(api, rds, names):
     seed_device(rds, names, f"fl-{uuid.uuid4().hex[:6]}")
-    async with websockets.connect(ws_url(api, "channels=fleet,pipeline,heartbeat")) as ws:
+    async with websockets.connect(ws_url(api, "channels=fleet,pipeline,heartbeat"), additional_headers=auth(api)) as ws:
         frames = await recv_frames(ws, lambda f: {"fleet", "pipeline", "heartbeat"} <= {x["channel"] for x in f})
     by = {f["channel"]: f["data"] for f in frames}
     assert by["fleet"]["total"] >= 1 and "by_type" in by["fleet"]
@@ -105,9 +110,13 @@ async def test_slow_client_does_not_hold_up_others_and_drops_are_counted(api, rd
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect((api.api_host, api.api_port))
     slow = await websockets.connect(
-        ws_url(api, "channels=readings&client=slow-" + tag), sock=sock, compression=None, max_queue=1
+        ws_url(api, "channels=readings&client=slow-" + tag),
+        sock=sock,
+        compression=None,
+        max_queue=1,
+        additional_headers=auth(api),
     )
-    fast = await websockets.connect(ws_url(api, "channels=readings&client=fast-" + tag))
+    fast = await websockets.connect(ws_url(api, "channels=readings&client=fast-" + tag), additional_headers=auth(api))
     try:
         received: list[tuple[str, int]] = []
 

@@ -63,7 +63,8 @@ CASES: list[tuple[str, Callable[[str, int], bytes], str]] = [
     ("missing_device_id", _without("device_id"), "missing_field"),
     ("missing_metrics", _without("metrics"), "missing_field"),
     ("timestamp_far_future", lambda d, now: orjson.dumps(good(d, now + 86_400_000)), "timestamp_skew"),
-    ("timestamp_far_past", lambda d, now: orjson.dumps(good(d, now - 86_400_000)), "timestamp_skew"),
+    # older than the live skew is backfill up to IOTP_GATEWAY_MAX_BACKFILL_S (7 days by default); beyond: too_old
+    ("timestamp_far_past", lambda d, now: orjson.dumps(good(d, now - 30 * 86_400_000)), "too_old"),
     ("unknown_metric", _metric("flux", 1.0), "unknown_metric"),
     ("bad_device_id", lambda d, now: orjson.dumps(good("bad id!", now)), "bad_device_id"),
     ("unknown_device_type", _dumps(device_type="toaster"), "unknown_device_type"),

@@ -28,7 +28,7 @@ def _readings(settings, devices: int, per_device: int, tag: str) -> tuple[list[t
         for d in range(devices):
             device_id = f"{tag}-{d:03d}"
             items.append((mqtt_topic(settings, "climate", device_id), orjson.dumps(good(device_id, now, seq=seq))))
-            ids.add(f"{device_id}:{seq}")
+            ids.add(f"{device_id}:{now}:{seq}")
     return items, ids
 
 

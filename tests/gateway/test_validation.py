@@ -29,7 +29,7 @@ def test_case_table_covers_many_reasons():
 
 def test_valid_single_and_batch():
     one = validate_payload(orjson.dumps(good("dev-1", NOW)), NOW, LIMITS, "dev-1")
-    assert [r.reading_id for r in one] == ["dev-1:1"]
+    assert [r.reading_id for r in one] == [f"dev-1:{NOW}:1"]
     many = validate_payload(orjson.dumps([good("dev-1", NOW, seq=s) for s in (3, 4, 5)]), NOW, LIMITS, "dev-1")
     assert [r.seq for r in many] == [3, 4, 5]
 

@@ -299,3 +299,42 @@ async def test_restarted_sink_replays_the_planned_block_without_duplicates(sink_
         await wait_rows(ch_client, db, 8 * 60 * 3, timeout=90)
     finally:
         await stop_sink(stop, task)
+
+
+async def _recreate_readings_topic(settings) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from infra.kafka_admin import create_topics
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([settings.topic_readings])
+    finally:
+        await admin.close()
+    await create_topics(settings)
+
+
+async def test_plan_of_another_topic_incarnation_is_discarded_not_replayed(sink_settings, ch_client):
+    """A planned block (insert landed, offsets not committed), then the topic is deleted and recreated: its
+    offsets now hold other records. Replaying the old plan would hold the new records back until the old
+    last offset and send them with the old token (ClickHouse drops them); the sink must discard the plan."""
+    s, db = sink_settings, sink_settings.clickhouse_database
+    await produce(s, s.topic_readings, reading_records(devices=8, readings=30, tag="old"))
+    flaky = FlakyClient(ch_client, lambda: True, land_first=True)
+    first = ClickHouseSink(s, flaky)
+    stop, task = await start_sink(first)
+    await async_wait_for(lambda: _true(flaky.landed.is_set()), timeout=30, message="first insert landed")
+    await stop_sink(stop, task)
+    landed = (await stored(ch_client, db))[0]
+
+    await _recreate_readings_topic(s)
+    new = reading_records(devices=2, readings=4, per_record=1, tag="new")  # fewer records than the plan spans
+    await produce(s, s.topic_readings, new)
+    second = ClickHouseSink(s, ch_client)
+    stop, task = await start_sink(second)
+    try:
+        await wait_rows(ch_client, db, landed + 2 * 4 * 3, timeout=60)
+        assert second.reset_discarded >= 1
+    finally:
+        await stop_sink(stop, task)

@@ -3,7 +3,9 @@ the settings, and by docker-compose's own schema validation."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
@@ -11,6 +13,8 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from infra.mqtt_auth import GATEWAY, SIMULATOR, render_acl
+from infra.ports import free_port, wait_port
 from iotp.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,3 +108,83 @@ def test_no_secret_is_hard_coded(compose):
         env = compose["services"][name]["environment"]
         assert env["IOTP_API_TOKEN"].startswith("${"), "the token must come from the environment"
     assert compose["services"]["clickhouse"]["environment"]["CLICKHOUSE_PASSWORD"].startswith("${")
+
+
+def test_mosquitto_refuses_anonymous_clients_and_the_pipeline_logs_in(compose):
+    conf = (ROOT / "infra/docker/mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "allow_anonymous true" not in conf
+    assert "password_file /mosquitto/data/passwd" in conf and "acl_file /mosquitto/config/acl" in conf
+    # the checked-in ACL is the one the local stack generates for the default prefix
+    assert (ROOT / "infra/docker/mosquitto.acl").read_text() == render_acl(Settings(_env_file=None).mqtt_topic_prefix)
+    services = compose["services"]
+    for name, user, variable in (
+        ("gateway", GATEWAY, "MQTT_GATEWAY_PASSWORD"),
+        ("simulator", SIMULATOR, "MQTT_SIMULATOR_PASSWORD"),
+    ):
+        env = services[name]["environment"]
+        assert env["IOTP_MQTT_USERNAME"] == user
+        assert env["IOTP_MQTT_PASSWORD"].startswith("${" + variable), "the password must come from the environment"
+        assert services["mosquitto"]["environment"][variable].startswith("${" + variable)
+    for name in ("stream", "sink", "api"):
+        assert "IOTP_MQTT_PASSWORD" not in services[name]["environment"], f"{name} uses no MQTT"
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not shutil.which("mosquitto"), reason="mosquitto not installed")
+def test_compose_mosquitto_files_work_with_a_real_broker(tmp_path):
+    """docker-compose's init script, config and ACL, run with the local Mosquitto 2.0 (paths and port moved
+    into a temp dir): the service accounts log in, anonymous clients are refused."""
+    from infra.mqtt_auth import Credentials
+    from iotp.mqtt import broker_accepts
+
+    port = free_port()
+    conf = (ROOT / "infra/docker/mosquitto.conf").read_text()
+    conf = conf.replace("listener 1883 0.0.0.0", f"listener {port} 127.0.0.1")
+    conf = conf.replace("/mosquitto/data/passwd", str(tmp_path / "passwd"))
+    conf = conf.replace("/mosquitto/config/acl", str(ROOT / "infra/docker/mosquitto.acl"))
+    conf = conf.replace("/mosquitto/data/", f"{tmp_path}/") + "user root\n"
+    (tmp_path / "mosquitto.conf").write_text(conf)
+    env = {
+        **os.environ,
+        "MQTT_GATEWAY_PASSWORD": "gw-pass",
+        "MQTT_SIMULATOR_PASSWORD": "sim-pass",
+        "MOSQUITTO_PASSWORD_FILE": str(tmp_path / "passwd"),
+    }
+    init = [
+        str(ROOT / "infra/docker/mosquitto-init.sh"),
+        shutil.which("mosquitto"),
+        "-c",
+        str(tmp_path / "mosquitto.conf"),
+    ]
+    broker = subprocess.Popen(init, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port("127.0.0.1", port, 15, "mosquitto")
+        base = Settings(_env_file=None, mqtt_host="127.0.0.1", mqtt_port=port)
+
+        def accepts(creds: Credentials | None) -> bool:
+            update = {"mqtt_username": creds.username, "mqtt_password": creds.password} if creds else {}
+            return broker_accepts(base.model_copy(update=update))
+
+        assert accepts(Credentials(GATEWAY, "gw-pass"))
+        assert accepts(Credentials(SIMULATOR, "sim-pass"))
+        assert not accepts(None)
+        assert not accepts(Credentials(GATEWAY, "sim-pass"))
+    finally:
+        broker.terminate()
+        broker.wait(10)
+    assert stat.S_IMODE((tmp_path / "passwd").stat().st_mode) == 0o600
+
+
+def test_metrics_endpoints_are_exposed_on_the_compose_network(compose):
+    services = compose["services"]
+    assert _settings(services["stream"]).metrics_host == "0.0.0.0", "a /metrics bound to loopback is unreachable"
+    defaults = Settings(_env_file=None)
+    for name, port in (
+        ("gateway", defaults.gateway_metrics_port),
+        ("stream", defaults.stream_metrics_port),
+        ("sink", defaults.sink_metrics_port),
+    ):
+        command = services[name]["command"]
+        assert command[command.index("--metrics-port") + 1] == str(port), name
+        assert str(port) in [str(p) for p in services[name]["expose"]], f"{name} should expose {port}"
+    assert defaults.api_metrics, "the API serves /metrics on its own port"

@@ -20,7 +20,7 @@ def test_up_is_idempotent_and_down_stops_everything(tmp_path):
     try:
         stack.up()
         first = {row["name"]: row["pid"] for row in stack.status() if row["group"] == "services"}
-        assert set(first) == {"mosquitto", "redis", "kafka"}
+        assert set(first) == {"mosquitto", "redis", "kafka-store", "kafka"}
         assert all(row["answers"] for row in stack.status() if row["group"] == "services")
 
         stack.up()  # a second up leaves the running services alone
@@ -58,3 +58,11 @@ def test_settings_env_round_trips_for_child_processes(monkeypatch, tmp_path):
         monkeypatch.setenv(key, value)
     restored = Settings(_env_file=None)
     assert restored.model_dump() == {**original.model_dump(), "state_dir": original.state_dir.resolve()}
+
+
+@pytest.mark.parametrize(("first", "expected"), [(9300, ["9300", "9301"]), (0, ["0", "0"])])
+def test_each_stream_worker_gets_its_metrics_port(tmp_path, first, expected):
+    stack = LocalStack(make_test_settings(tmp_path, stream_metrics_port=first))
+    commands = [p.command for p in stack._pipeline_programs([], workers=2) if p.name.startswith("stream-")]
+    assert [c[c.index("--metrics-port") + 1] for c in commands] == expected
+    assert [c[c.index("--index") + 1] for c in commands] == ["0", "1"]

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from gateway.validation import Limits, Reason, Rejected, validate_payload
-from iotp.devices import DEVICE_TYPES
+from iotp.profiles import shipped_profiles
 from simulator.anomalies import KINDS, TRUTH_KEYS, AnomalyInjector, ScheduledAnomaly, load_truth
 from simulator.fleet import build_fleet
 from simulator.scenario import Scenario, load_scenario
@@ -106,7 +106,7 @@ def test_dropout_silences_device():
 def test_out_of_range_is_rejected_by_gateway():
     _, readings, truth = _run("out_of_range", duration_s=0)
     (t,) = truth
-    spec = DEVICE_TYPES["climate"]["temperature"]
+    spec = shipped_profiles()["climate"].metrics["temperature"]
     assert t["params"]["value"] > spec.valid_max
     bad = [r for r in readings if r["ts"] == t["start_ms"]]
     with pytest.raises(Rejected) as info:

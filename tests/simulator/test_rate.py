@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from iotp.mqtt import connect, make_client
+from tests.support.services import as_role
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -20,6 +21,7 @@ class Collector:
         self.payloads: list[bytes] = []
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
+        settings = as_role(settings, "gateway")  # reading every device topic is the gateway's right
         self.client = make_client(settings)
         self.client.on_connect = lambda c, *_: c.subscribe(f"{settings.mqtt_topic_prefix}/#", qos=1)
         self.client.on_subscribe = lambda *_: self.subscribed.set()

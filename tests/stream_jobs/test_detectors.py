@@ -117,7 +117,7 @@ def test_engine_dedup_out_of_order_and_replay_skip() -> None:
     c = engine.counters
     assert (c["stream.readings"], c["stream.duplicates"], c["stream.out_of_order"]) == (5, 2, 1)
     state = engine.device(0, "c1")
-    assert state.max_seq == 5
+    assert state.newest == (T0 + 5000, 5)
     # snapshot and restore: same state, same next offset
     snap = {b"__offset__": b"3", b"c1": orjson.dumps(state.to_state())}
     engine2 = Engine([10], 5, RULES)

@@ -180,3 +180,37 @@ async def test_silent_device_goes_offline_and_back(stream_settings, stream_worke
         assert [e["state"] for e in events] == ["open", "resolved"]
         assert events[0]["alert_id"] == events[1]["alert_id"]
     await r.aclose()
+
+
+async def test_no_silence_while_the_gateways_are_down(stream_settings, stream_worker) -> None:
+    """A stale gateway heartbeat means the pipeline is down, not the device: no silence alert, no offline,
+    and the pipeline status says so; once a gateway reports again, a device that stays quiet goes offline."""
+    settings = stream_settings
+    names = redis_names(settings)
+    device = uid("held")
+    r = redis_client(settings)
+    await r.hset(names.stats_key, "gateway.updated_ms", now_ms() - 60_000)
+    try:
+        async with Producer(settings) as producer, TopicWatcher(settings) as watch:
+            t = now_ms()
+            rows = [(s, t - 2000 + s * 200, {"temperature": 21.0}) for s in range(1, 11)]
+            await producer.send(device, readings(rows))
+            await until(lambda: device_hash(r, settings, device), timeout=30, message="device state")
+
+            async def worker_ticked_past(deadline_ms: int):
+                stats = await r.hgetall(names.stats_key)
+                held = stats.get("stream.upstream_alive") == "0"
+                return held and int(stats.get("stream.updated_ms", 0)) > deadline_ms
+
+            # the worker ran well past the device's silence deadline (1.5 s here) with the gateways down
+            deadline = now_ms() + 6000
+            await until(lambda: worker_ticked_past(deadline), timeout=30, message="worker ticking, held")
+            assert int((await r.hgetall(names.stats_key))["stream.silence_held"]) >= 1
+            assert not watch.alerts(device, "silence")
+            assert (await device_hash(r, settings, device)).get("status") == "online"
+
+            await r.hset(names.stats_key, "gateway.updated_ms", now_ms() + 600_000)  # a gateway reports
+            await until(lambda: watch.alerts(device, "silence"), timeout=30, message="silence once live again")
+    finally:
+        await r.hdel(names.stats_key, "gateway.updated_ms")
+        await r.aclose()

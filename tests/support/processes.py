@@ -11,6 +11,10 @@ from pathlib import Path
 
 from infra.stack import settings_env
 from iotp.settings import Settings
+from tests.support.services import as_role
+
+# Commands that connect to MQTT with an account of their own (the others use the settings as given).
+MQTT_ROLES = {"gateway": "gateway", "simulate": "simulator", "loadtest": "simulator"}
 
 
 @dataclass
@@ -54,7 +58,10 @@ class ProcessGroup:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         name = command
         log = self.log_dir / f"{name}-{len(self.procs)}.log"
-        full_env = {**os.environ, **settings_env(settings or self.settings), "PYTHONUNBUFFERED": "1", **(env or {})}
+        settings = settings or self.settings
+        if command in MQTT_ROLES:
+            settings = as_role(settings, MQTT_ROLES[command])
+        full_env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1", **(env or {})}
         handle = log.open("wb")
         popen = subprocess.Popen(
             [sys.executable, "-m", "iotp_cli", command, *args],

@@ -1,0 +1,127 @@
+"""CPU per process over the publishing window only: the window arithmetic (pure), the report rows, and the
+sampler's view of a real process tree (a publisher with a multiprocessing worker)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from rich.console import Console
+
+from loadtest.probes import Series, WindowSampler, cpu_at, window_cpu_pct, window_usage
+from loadtest.report import process_table
+from loadtest.runner import StepResult, publishing_window
+from tests.support.waiting import wait_for
+
+
+def busy(start: float, end: float, pct: float, step: float = 0.5, base: float = 0.0) -> list[tuple[float, float]]:
+    """Samples of a cumulative CPU counter for a process running at ``pct`` % of a core."""
+    points, t = [], start
+    while t <= end + 1e-9:
+        points.append((t, base + (t - start) * pct / 100))
+        t += step
+    return points
+
+
+def test_cpu_at_interpolates_and_clamps():
+    points = [(10.0, 1.0), (12.0, 2.0)]
+    assert cpu_at(points, 11.0) == pytest.approx(1.5)
+    assert cpu_at(points, 5.0) == 1.0  # before the first sample
+    assert cpu_at(points, 99.0) == 2.0  # ended: keeps its total
+    assert cpu_at([], 1.0) == 0.0
+
+
+def test_the_drain_after_the_window_does_not_count():
+    # 50 % while publishing [100, 110], then 100 % for a 5 s drain: the window says 50 %, not the blend
+    s = Series()
+    for t, v in busy(100, 110, 50) + busy(110.5, 115, 100, base=5.5):
+        s.add_cpu(t, v)
+    assert window_usage({"stream-0": s}, 100, 110)["stream-0"]["cpu_pct"] == 50.0
+    assert window_cpu_pct(s.cpu, 100, 115) == pytest.approx(66.7, abs=0.1)  # what averaging with the drain gave
+
+
+def test_a_process_started_or_ended_inside_the_window_counts_for_its_share():
+    born = Series()
+    born.add_cpu(105.0, 0.0)  # its start time: the sampler's first point
+    for t, v in busy(105.5, 110, 100, base=0.5):
+        born.add_cpu(t, v)
+    gone = Series()
+    for t, v in busy(100, 108, 80):
+        gone.add_cpu(t, v)  # no samples after 108: it exited
+    usage = window_usage({"publisher-worker-1": born, "publisher-worker-2": gone}, 100, 110)
+    assert usage["publisher-worker-1"]["cpu_pct"] == 50.0
+    assert usage["publisher-worker-2"]["cpu_pct"] == 64.0
+
+
+def test_counter_stays_monotonic_and_unrelated_processes_are_left_out():
+    s = Series()
+    s.add_cpu(1.0, 5.0)
+    s.add_cpu(2.0, 3.0)  # a child reaped outside the tree took its time with it
+    assert [v for _, v in s.cpu] == [5.0, 5.0]
+    later = Series()
+    later.add_cpu(200.0, 1.0)
+    assert window_usage({"later": later}, 100, 110) == {}
+    with pytest.raises(ValueError):
+        window_cpu_pct(s.cpu, 5, 5)
+
+
+def test_rss_is_the_peak_inside_the_window():
+    s = Series(cpu=[(0.0, 0.0), (10.0, 1.0)], rss=[(1.0, 2**20), (5.0, 3 * 2**20), (20.0, 9 * 2**20)])
+    assert window_usage({"api": s}, 0, 10)["api"]["rss_mb"] == 3.0
+
+
+def test_publishing_window_ends_when_the_stats_were_written():
+    assert publishing_window(1000.0, 20.0) == (980.0, 1000.0)
+    with pytest.raises(ValueError):
+        publishing_window(1000.0, 0.0)
+
+
+def test_report_shows_each_process_and_the_total():
+    step = StepResult(
+        offered=1000,
+        step_s=20,
+        cpu_window_s=20.0,
+        processes={
+            "gateway-0": {"cpu_pct": 40.0, "rss_mb": 80.0},
+            "publisher": {"cpu_pct": 2.0, "rss_mb": 60.0},
+            "publisher-worker-1": {"cpu_pct": 30.0, "rss_mb": 70.0},
+        },
+    )
+    console = Console(record=True, width=200)
+    process_table(console, [step])
+    text = console.export_text()
+    for row in ("gateway-0", "publisher-worker-1", "30 / 70", "publishing window"):
+        assert row in text
+    assert "72" in text.splitlines()[-2]  # the "all" row: 40 + 2 + 30
+
+
+SPAWNING = """
+import multiprocessing as mp, time
+def burn(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=burn, args=(1.0,))
+    p.start(); p.join()
+"""
+
+
+def test_sampler_gives_the_publishers_worker_a_row_of_its_own(tmp_path):
+    script = tmp_path / "publisher.py"
+    script.write_text(SPAWNING)
+    sampler = WindowSampler({}, interval=0.05).start()
+    started = time.time()
+    proc = subprocess.Popen([sys.executable, str(script)])
+    sampler.watch_each("publisher", proc.pid)
+    try:
+        wait_for(lambda: proc.poll() is not None, timeout=60, message="publisher exits")
+    finally:
+        sampler.stop()
+    usage = sampler.usage(started, time.time())
+    assert proc.returncode == 0
+    assert {"publisher", "publisher-worker-1"} <= set(usage)
+    # the worker burned about a second of CPU inside the window; the parent only waited for it
+    assert usage["publisher-worker-1"]["cpu_pct"] > usage["publisher"]["cpu_pct"]
