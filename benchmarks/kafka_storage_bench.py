@@ -1,5 +1,5 @@
 """Local Kafka-wire broker (tansu 0.6.0) storage engines side by side: ``memory://`` vs ``s3://`` on the
-local file-backed store (s3rver), i.e. ``IOTP_KAFKA_STORAGE=memory`` vs ``s3``.
+local file-backed object store (``infra/object_store.py``), i.e. ``IOTP_KAFKA_STORAGE=memory`` vs ``s3``.
 
 Run:  .venv/bin/python benchmarks/kafka_storage_bench.py [--records 20000] [--latency-records 500]
 
@@ -134,7 +134,7 @@ def run_engine(storage: str, workdir: Path, records: int, latency_records: int) 
             log = open(workdir / f"{storage}-store.log", "wb")  # noqa: SIM115 - closed in finally
             logs.append(log)
             processes.append(subprocess.Popen(store_command(HOST, store_port, store_dir), stdout=log, stderr=log))
-            wait_port(HOST, store_port, 30, "s3rver")
+            wait_port(HOST, store_port, 30, "object store")
         url, env = broker_storage(storage, HOST, store_port)
         log = open(workdir / f"{storage}-tansu.log", "wb")  # noqa: SIM115 - closed in finally
         logs.append(log)

@@ -98,15 +98,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--kill-services",
         action="store_true",
-        help="also kill Redis and Mosquitto, and the Kafka broker when IOTP_KAFKA_STORAGE=postgres "
+        help="also kill Redis and Mosquitto, and the Kafka broker and its store with --kafka-storage s3 "
         "(with memory storage a broker kill loses data by design)",
     )
     p.add_argument(
         "--kafka-storage",
         choices=["memory", "s3"],
-        default="memory",
-        help="the local broker's storage (IOTP_KAFKA_STORAGE). Default memory: the conditions of the measured "
-        "max sustainable rate; s3 is durable but its per-batch cost limits the pipeline (docs/performance.md)",
+        default="s3",
+        help="the local broker's storage (IOTP_KAFKA_STORAGE): s3 (default, durable, as `make run`) or memory "
+        "(the conditions of the load-test tables in docs/performance.md)",
     )
     p.add_argument("--quiet-tail", type=float, default=30.0, help="no kill in the last N s of publishing")
     p.add_argument("--sample-every", type=float, default=10.0, help="seconds between samples")
@@ -173,7 +173,7 @@ class Soak:
         if self.args.kill_services:
             targets += ["redis", "mosquitto"]
             storage = str(getattr(self.settings, "kafka_storage", "memory"))
-            if storage != "memory":  # a durable store (s3, postgres): the broker may be killed
+            if storage != "memory":  # a durable store (s3): the broker may be killed
                 targets += [n for n in self.services() if n.startswith("kafka")]
             else:
                 self.notes.append(f"the Kafka broker is not killed: its storage is {storage!r} (not durable)")

@@ -14,9 +14,6 @@ apt_pkgs=()
 have mosquitto || apt_pkgs+=(mosquitto)
 have mosquitto_pub || apt_pkgs+=(mosquitto-clients)
 have redis-server || apt_pkgs+=(redis-server)
-# Node.js runs s3rver, the local Kafka broker's durable store (infra/kafka_storage.py, IOTP_KAFKA_STORAGE).
-have node || apt_pkgs+=(nodejs)
-have npm || apt_pkgs+=(npm)
 if [ "$dev" = 1 ]; then
   have chromium || apt_pkgs+=(chromium)
   have docker-compose || apt_pkgs+=(docker-compose)
@@ -50,11 +47,5 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".$extras"
   rm -f .venv/.installed-*
   touch "$stamp"
-fi
-lock_hash="$(sha256sum infra/s3rver/package-lock.json | cut -c1-16)"
-if [ ! -f "infra/s3rver/node_modules/.installed-$lock_hash" ]; then
-  echo "bootstrap: npm ci (infra/s3rver, the local Kafka broker's store)"
-  npm ci --no-audit --no-fund --prefix infra/s3rver >/dev/null
-  touch "infra/s3rver/node_modules/.installed-$lock_hash"
 fi
 echo "bootstrap: ok"

@@ -205,3 +205,64 @@ def test_whole_stack_down_and_up_keeps_topics_records_and_committed_offsets(stac
     LocalStack(stack.settings).up()  # a new stack object over the same state dir, as `iotp up` would be
 
     asyncio.run(_check_survived(bootstrap, before))
+
+
+async def _concurrent_produce(bootstrap: str, topic: str, producers: int, each: int) -> set[bytes]:
+    """``producers`` clients producing small batches to partition 0 of ``topic`` at the same time (two
+    gateways writing one device's partition); returns every value the broker acknowledged."""
+
+    async def one(i: int) -> list[bytes]:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0, max_batch_size=300)
+        await producer.start()
+        try:
+            values = [f"p{i}-{j:05d}".encode() for j in range(each)]
+            futures = [await producer.send(topic, v, partition=0) for v in values]
+            await asyncio.gather(*futures)
+            return values
+        finally:
+            await producer.stop()
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    acked: set[bytes] = set()
+    for values in await asyncio.gather(*(one(i) for i in range(producers))):
+        acked.update(values)
+    return acked
+
+
+async def _values_of_partition_0(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[bytes]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        values: list[bytes] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(values) < expected and loop.time() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=300)).values():
+                values += [m.value for m in messages]
+        # read on a little past the expected count: an overwritten batch would show as a short log, an
+        # offset written twice as duplicates
+        for messages in (await consumer.getmany(timeout_ms=500)).values():
+            values += [m.value for m in messages]
+        return values
+    finally:
+        await consumer.stop()
+
+
+def test_concurrent_producers_to_one_partition_lose_no_acknowledged_record(stack):
+    """Drill: four producers write one partition at once. Every record the broker acknowledged is in the log
+    exactly once. (With the earlier store, s3rver, which ignores conditional writes, the racing batches
+    overwrote each other: 1,333 of 2,000 acknowledged records were gone.)"""
+    bootstrap = stack.settings.kafka_bootstrap
+    acked = asyncio.run(_concurrent_produce(bootstrap, "drill.race", producers=4, each=500))
+    assert len(acked) == 2000
+    values = asyncio.run(_values_of_partition_0(bootstrap, "drill.race", len(acked)))
+    assert set(values) == acked, f"{len(acked - set(values))} acknowledged records are missing"
+    assert len(values) == len(acked), "a record is in the log twice"
