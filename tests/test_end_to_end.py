@@ -12,7 +12,7 @@ import pytest
 import websockets
 
 from tests.support.mqtt_publish import publish_readings, reading
-from tests.support.waiting import async_wait_for
+from tests.support.waiting import async_wait_for, wait_api_ready
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +28,7 @@ async def test_readings_flow_to_clickhouse_redis_and_websocket(isolated_settings
     headers = {"Authorization": f"Bearer {settings.api_token}"}
 
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10) as http:
-
-        async def api_ready():
-            try:
-                return (await http.get("/health/ready")).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        await async_wait_for(api_ready, timeout=90, message="API ready")
+        await wait_api_ready(http)
 
         tag = uuid.uuid4().hex[:6]
         device_ids = [f"e2e-{tag}-{i}" for i in range(DEVICES)]

@@ -14,7 +14,7 @@ import websockets
 
 from tests.support.mqtt_publish import publish_readings, reading
 from tests.support.prometheus import Scrape, scrape
-from tests.support.waiting import async_wait_for, wait_for
+from tests.support.waiting import async_wait_for, wait_api_ready, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,14 +52,7 @@ async def test_stream_and_api_metrics_count_exactly_what_went_through(isolated_s
     )
 
     async with httpx.AsyncClient(base_url=settings.api_url, headers=headers, timeout=10) as http:
-
-        async def api_ready():
-            try:
-                return (await http.get("/health/ready")).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        await async_wait_for(api_ready, timeout=90, message="API ready")
+        await wait_api_ready(http)
         stream0 = scrape(stream_url)
         api0 = scrape(api_metrics_url)  # no token: /metrics is open (see docs/operations.md)
         assert stream0 is not None and api0 is not None

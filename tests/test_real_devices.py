@@ -15,7 +15,7 @@ import pytest
 from iotp.topics import mqtt_topic
 from tests.gateway.helpers import read_until
 from tests.support.mqtt_publish import publish_payloads, publish_readings, reading
-from tests.support.waiting import async_wait_for
+from tests.support.waiting import async_wait_for, wait_api_ready
 
 pytestmark = pytest.mark.integration
 
@@ -36,14 +36,7 @@ async def test_reboot_no_seq_and_backfill_end_to_end(isolated_settings, processe
     tag = uuid.uuid4().hex[:6]
     headers = {"Authorization": f"Bearer {settings.api_token}"}
     async with httpx.AsyncClient(base_url=settings.api_url, headers=headers, timeout=20) as http:
-
-        async def api_ready():
-            try:
-                return (await http.get("/health/ready")).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        await async_wait_for(api_ready, timeout=90, message="API ready")
+        await wait_api_ready(http)
 
         async def check(prefix: str) -> dict:
             resp = await http.get("/api/pipeline/ingest-check", params={"device_prefix": prefix})

@@ -7,6 +7,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import httpx
+
 T = TypeVar("T")
 
 
@@ -32,3 +34,15 @@ async def async_wait_for(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message} (last value: {last!r})")
+
+
+async def wait_api_ready(http: httpx.AsyncClient, timeout: float = 90.0) -> None:
+    """Until the API (``http``'s base URL) answers its readiness probe with 200."""
+
+    async def ready() -> bool:
+        try:
+            return (await http.get("/health/ready")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    await async_wait_for(ready, timeout=timeout, message="API ready")
