@@ -14,7 +14,7 @@ import websockets
 from iotp.settings import Settings
 from tests.support.mqtt_publish import publish_readings, reading
 from tests.support.processes import ProcessGroup
-from tests.support.waiting import async_wait_for
+from tests.support.waiting import async_wait_for, wait_api_ready
 
 COMPONENTS = ("gateway", "stream", "api")
 
@@ -40,14 +40,7 @@ class Pipeline:
 
     async def wait_ready(self, timeout: float = 120) -> None:
         async with httpx.AsyncClient(base_url=self.settings.api_url, headers=self.headers, timeout=5) as http:
-
-            async def ready():
-                try:
-                    return (await http.get("/health/ready")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            await async_wait_for(ready, timeout=timeout, message="API ready")
+            await wait_api_ready(http, timeout)
 
     async def stats(self) -> dict[str, float]:
         async with httpx.AsyncClient(base_url=self.settings.api_url, headers=self.headers, timeout=5) as http:
