@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import email.utils
 import logging
 import os
@@ -41,23 +40,16 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
+from infra.object_listing import TMP_SUFFIX, ListingIndex, etag_of
+
 log = logging.getLogger("iotp.object_store")
 
 XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
-_TMP_SUFFIX = ".iotp-tmp"
-
-
-def _etag(st: os.stat_result) -> str:
-    return f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"'
 
 
 def _http_date(st: os.stat_result) -> str:
     return email.utils.formatdate(st.st_mtime, usegmt=True)
-
-
-def _iso(st: os.stat_result) -> str:
-    return dt.datetime.fromtimestamp(st.st_mtime, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _error(status: int, code: str, message: str, resource: str = "") -> web.Response:
@@ -85,6 +77,7 @@ class ObjectStore:
         for bucket in buckets:
             (self.root / bucket).mkdir(exist_ok=True)
         self.counts: dict[str, int] = {"precondition_failed": 0}
+        self.index = ListingIndex(self.root)
 
     # ---- paths -------------------------------------------------------------------------------------
     def _bucket_dir(self, bucket: str) -> Path:
@@ -94,7 +87,7 @@ class ObjectStore:
 
     def _object_path(self, bucket: str, key: str) -> Path:
         parts = key.split("/")
-        if not key or any(p in ("", ".", "..") for p in parts) or key.endswith(_TMP_SUFFIX):
+        if not key or any(p in ("", ".", "..") for p in parts) or key.endswith(TMP_SUFFIX):
             raise web.HTTPBadRequest(text=f"unsupported key {key!r}")
         return self._bucket_dir(bucket).joinpath(*parts)
 
@@ -113,7 +106,7 @@ class ObjectStore:
             return _error(404, "NoSuchBucket", "The specified bucket does not exist", bucket)
         path = self._object_path(bucket, key)
         st = self._stat(path)
-        current = _etag(st) if st else None
+        current = etag_of(st) if st else None
         if_match = request.headers.get("If-Match")
         if_none_match = request.headers.get("If-None-Match")
         if (if_match is not None and not _matches(if_match, current)) or (
@@ -122,11 +115,12 @@ class ObjectStore:
             self.counts["precondition_failed"] += 1
             return _error(412, "PreconditionFailed", "At least one of the preconditions did not hold", key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + _TMP_SUFFIX)
+        tmp = path.with_name(path.name + TMP_SUFFIX)
         with open(tmp, "wb") as fh:
             fh.write(body)
         os.replace(tmp, path)
-        return web.Response(status=200, headers={"ETag": _etag(path.stat())})
+        self.index.stored(path)
+        return web.Response(status=200, headers={"ETag": etag_of(path.stat())})
 
     async def get_object(self, request: web.Request, bucket: str, key: str, head: bool = False) -> web.StreamResponse:
         path = self._object_path(bucket, key)
@@ -137,7 +131,7 @@ class ObjectStore:
                 if not head
                 else web.Response(status=404)
             )
-        etag = _etag(st)
+        etag = etag_of(st)
         if_match = request.headers.get("If-Match")
         if if_match is not None and not _matches(if_match, etag):
             return _error(412, "PreconditionFailed", "At least one of the preconditions did not hold", key)
@@ -176,14 +170,15 @@ class ObjectStore:
     def _delete(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
             path.unlink()
+            self.index.removed(path)
         # drop emptied directories up to the bucket, so listings stay small
         parent = path.parent
-        bucket_root = self.root
-        while parent != bucket_root and parent.parent != bucket_root:
+        while parent != self.root and parent.parent != self.root:
             try:
                 parent.rmdir()
             except OSError:
                 break
+            self.index.dir_removed(parent)
             parent = parent.parent
 
     async def delete_objects(self, request: web.Request, bucket: str) -> web.Response:
@@ -199,24 +194,6 @@ class ObjectStore:
         return web.Response(body=xml.encode(), content_type="application/xml")
 
     # ---- buckets -----------------------------------------------------------------------------------
-    def _keys(self, bucket_dir: Path, prefix: str) -> list[str]:
-        """Every key under ``bucket_dir`` starting with ``prefix``, sorted (S3 lists in UTF-8 order)."""
-        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start = bucket_dir.joinpath(*base.split("/")) if base else bucket_dir
-        keys: list[str] = []
-        if not start.is_dir():
-            return keys
-        for dirpath, _dirs, files in os.walk(start):
-            rel = os.path.relpath(dirpath, bucket_dir)
-            for name in files:
-                if name.endswith(_TMP_SUFFIX):
-                    continue
-                key = name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
-                if key.startswith(prefix):
-                    keys.append(key)
-        keys.sort()
-        return keys
-
     async def list_objects(self, request: web.Request, bucket: str) -> web.Response:
         bucket_dir = self._bucket_dir(bucket)
         if not bucket_dir.is_dir():
@@ -225,52 +202,20 @@ class ObjectStore:
         prefix = q.get("prefix", "")
         delimiter = q.get("delimiter", "")
         after = q.get("continuation-token") or q.get("start-after") or q.get("marker") or ""
-        max_keys = min(int(q.get("max-keys", "1000")), 1000)
-        contents: list[str] = []
-        prefixes: list[str] = []
-        seen_prefixes: set[str] = set()
-        truncated, last = False, ""
-        for key in self._keys(bucket_dir, prefix):
-            if after and key <= after:
-                continue
-            if delimiter:
-                rest = key[len(prefix) :]
-                cut = rest.find(delimiter)
-                if cut >= 0:
-                    common = prefix + rest[: cut + len(delimiter)]
-                    if common in seen_prefixes or (after and common <= after):
-                        continue
-                    if len(contents) + len(prefixes) >= max_keys:
-                        truncated = True
-                        break
-                    seen_prefixes.add(common)
-                    prefixes.append(common)
-                    last = common
-                    continue
-            if len(contents) + len(prefixes) >= max_keys:
-                truncated = True
-                break
-            st = self._stat(bucket_dir.joinpath(*key.split("/")))
-            if st is None:
-                continue
-            contents.append(
-                f"<Contents><Key>{escape(key)}</Key><LastModified>{_iso(st)}</LastModified>"
-                f"<ETag>{escape(_etag(st))}</ETag><Size>{st.st_size}</Size>"
-                "<StorageClass>STANDARD</StorageClass></Contents>"
-            )
-            last = key
+        max_keys = max(1, min(int(q.get("max-keys", "1000")), 1000))
+        page = self.index.page(bucket_dir, prefix, delimiter, after, max_keys)
         parts = [
             f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="{XMLNS}">',
             f"<Name>{escape(bucket)}</Name><Prefix>{escape(prefix)}</Prefix>",
-            f"<KeyCount>{len(contents) + len(prefixes)}</KeyCount>",
-            f"<MaxKeys>{max_keys}</MaxKeys><IsTruncated>{'true' if truncated else 'false'}</IsTruncated>",
+            f"<KeyCount>{len(page.contents) + len(page.prefixes)}</KeyCount>",
+            f"<MaxKeys>{max_keys}</MaxKeys><IsTruncated>{'true' if page.truncated else 'false'}</IsTruncated>",
         ]
         if delimiter:
             parts.append(f"<Delimiter>{escape(delimiter)}</Delimiter>")
-        if truncated:
-            parts.append(f"<NextContinuationToken>{escape(last)}</NextContinuationToken>")
-        parts += contents
-        parts += [f"<CommonPrefixes><Prefix>{escape(p)}</Prefix></CommonPrefixes>" for p in prefixes]
+        if page.truncated:
+            parts.append(f"<NextContinuationToken>{escape(page.last)}</NextContinuationToken>")
+        parts += page.contents
+        parts += [f"<CommonPrefixes><Prefix>{escape(p)}</Prefix></CommonPrefixes>" for p in page.prefixes]
         parts.append("</ListBucketResult>")
         return web.Response(body="".join(parts).encode(), content_type="application/xml")
 
