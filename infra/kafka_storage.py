@@ -18,16 +18,37 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from iotp.settings import Settings
+
 BUCKET = "tansu"
 # tansu's S3 client insists on credentials; the local store does not check them (loopback only).
 ACCESS_KEY = "iotp-local"
 SECRET_KEY = "iotp-local"
 
 
-def store_command(host: str, port: int, data_dir: Path) -> list[str]:
+def retention_rules(settings: Settings) -> list[str]:
+    """``TOPIC=GROUP,...``: which consumer groups must have read a topic before its batches may go
+    (``infra/kafka_retention.py``). Topics without a rule (dead letters) are kept whole."""
+    if not settings.kafka_store_retention:
+        return []
+    return [
+        f"{settings.topic_readings}={settings.stream_app_id},{settings.sink_group}",
+        f"{settings.topic_aggregates}={settings.sink_group}",
+        f"{settings.topic_alerts}={settings.sink_group}",
+    ]
+
+
+def store_command(host: str, port: int, data_dir: Path, settings: Settings | None = None) -> list[str]:
     """The object store on ``host:port`` keeping its objects under ``data_dir``; creates the bucket if it is
-    missing (an existing bucket and its objects are kept)."""
+    missing (an existing bucket and its objects are kept). With ``settings``, it also trims the pipeline's
+    topics by :func:`retention_rules`."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    retention: list[str] = []
+    if settings is not None:
+        for rule in retention_rules(settings):
+            retention += ["--retain", rule]
+        if retention:
+            retention += ["--retention-min-age", str(settings.kafka_store_retention_min_age_s)]
     return [
         sys.executable,
         "-m",
@@ -40,6 +61,7 @@ def store_command(host: str, port: int, data_dir: Path) -> list[str]:
         str(port),
         "--bucket",
         BUCKET,
+        *retention,
     ]
 
 

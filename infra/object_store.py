@@ -40,6 +40,7 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
+from infra.kafka_retention import Rule, plan
 from infra.object_listing import TMP_SUFFIX, ListingIndex, etag_of
 
 log = logging.getLogger("iotp.object_store")
@@ -71,12 +72,21 @@ def _matches(condition: str, etag: str | None) -> bool:
 class ObjectStore:
     """Objects of every bucket under ``root``; see the module docstring for the API subset."""
 
-    def __init__(self, root: Path, buckets: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        buckets: tuple[str, ...] = (),
+        retention: tuple[Rule, ...] = (),
+        retention_min_age_s: float = 300.0,
+    ) -> None:
         self.root = root
+        self.buckets = buckets
+        self.retention = list(retention)
+        self.retention_min_age_s = retention_min_age_s
         self.root.mkdir(parents=True, exist_ok=True)
         for bucket in buckets:
             (self.root / bucket).mkdir(exist_ok=True)
-        self.counts: dict[str, int] = {"precondition_failed": 0}
+        self.counts: dict[str, int] = {"precondition_failed": 0, "retention_deleted": 0}
         self.index = ListingIndex(self.root)
 
     # ---- paths -------------------------------------------------------------------------------------
@@ -219,6 +229,26 @@ class ObjectStore:
         parts.append("</ListBucketResult>")
         return web.Response(body="".join(parts).encode(), content_type="application/xml")
 
+    # ---- retention (infra/kafka_retention.py) -----------------------------------------------------
+    def trim(self, now: float | None = None) -> int:
+        """Delete the record batches every rule's consumers have passed; returns how many. Runs on the event
+        loop between requests, so a listing never sees half of a trim."""
+        deleted = 0
+        for bucket in self.buckets:
+            for trimmed, paths in plan(self.root / bucket, self.retention, self.retention_min_age_s, now):
+                for path in paths:
+                    self._delete(path)
+                deleted += trimmed.deleted
+                log.info(
+                    "retention: %s[%d]: %d batches below offset %d deleted (every consumer has passed them)",
+                    trimmed.topic,
+                    trimmed.partition,
+                    trimmed.deleted,
+                    trimmed.floor,
+                )
+        self.counts["retention_deleted"] += deleted
+        return deleted
+
     # ---- routing -----------------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.match_info["path"]
@@ -264,18 +294,38 @@ def make_app(store: ObjectStore) -> web.Application:
     return app
 
 
-async def serve(root: Path, host: str, port: int, buckets: tuple[str, ...]) -> None:
-    store = ObjectStore(root, buckets)
+async def _retention_loop(store: ObjectStore, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            store.trim()
+        except Exception:  # a malformed object must not stop the store; retried next round
+            log.exception("retention round failed")
+
+
+async def serve(
+    root: Path,
+    host: str,
+    port: int,
+    buckets: tuple[str, ...],
+    retention: tuple[Rule, ...] = (),
+    retention_min_age_s: float = 300.0,
+    retention_every_s: float = 30.0,
+) -> None:
+    store = ObjectStore(root, buckets, retention, retention_min_age_s)
     runner = web.AppRunner(make_app(store), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     log.info("object store on http://%s:%d, data in %s, buckets %s", host, port, root, ", ".join(buckets))
+    trimmer = asyncio.ensure_future(_retention_loop(store, retention_every_s)) if retention else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if trimmer is not None:
+        trimmer.cancel()
     await runner.cleanup()
 
 
@@ -285,6 +335,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--address", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--bucket", action="append", default=[], help="bucket to create if missing")
+    parser.add_argument(
+        "--retain",
+        action="append",
+        default=[],
+        type=Rule.parse,
+        metavar="TOPIC=GROUP[,GROUP...]",
+        help="trim TOPIC's record batches once these consumer groups (and every other that committed) passed them",
+    )
+    parser.add_argument("--retention-min-age", type=float, default=300.0, help="keep batches younger than this, s")
+    parser.add_argument("--retention-every", type=float, default=30.0, help="seconds between retention rounds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -293,7 +353,17 @@ def main(argv: list[str] | None = None) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a pinned dependency
         pass
-    asyncio.run(serve(args.directory, args.address, args.port, tuple(args.bucket)))
+    asyncio.run(
+        serve(
+            args.directory,
+            args.address,
+            args.port,
+            tuple(args.bucket),
+            tuple(args.retain),
+            args.retention_min_age,
+            args.retention_every,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -160,7 +160,9 @@ class LocalStack:
             return [kafka]
         store_dir = self.run_dir / KAFKA_STORE
         return [
-            Program(KAFKA_STORE, store_command(store.host, store.port, store_dir), SERVICES_GROUP, priority=5),
+            Program(
+                KAFKA_STORE, store_command(store.host, store.port, store_dir, self.settings), SERVICES_GROUP, priority=5
+            ),
             kafka,
         ]
 

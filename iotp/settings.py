@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     kafka_storage_port: int = Field(
         19000, ge=1, description="Loopback port of the local broker's S3-compatible store (kafka_storage=s3)"
     )
+    kafka_store_retention: bool = Field(
+        True,
+        description="Local durable broker only: delete record batches of the readings, aggregates and alerts "
+        "topics once every pipeline consumer group has committed past them (infra/kafka_retention.py); "
+        "without it the store grows and every fetch slows down",
+    )
+    kafka_store_retention_min_age_s: float = Field(
+        300.0, ge=0, description="Record batches younger than this are kept even when consumed"
+    )
     topic_readings: str = "iotp.readings"
     topic_deadletter: str = "iotp.readings.dlq"
     topic_aggregates: str = "iotp.aggregates"
