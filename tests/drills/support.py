@@ -4,19 +4,38 @@ and the exact check that N new readings of fresh devices reached ClickHouse, Red
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import orjson
 import websockets
 
+from infra.stack import LocalStack
 from iotp.settings import Settings
 from tests.support.mqtt_publish import publish_readings, reading
 from tests.support.processes import ProcessGroup
+from tests.support.services import _with_accounts, isolated, make_test_settings
 from tests.support.waiting import async_wait_for, wait_api_ready
 
 COMPONENTS = ("gateway", "stream", "api")
+
+
+@contextlib.contextmanager
+def own_stack(tmp_path: Path, kafka_storage: str) -> Iterator[tuple[LocalStack, Settings]]:
+    """A local stack of the drill's own (drills kill and restart its services) and the pipeline's settings
+    on it: isolated names, the sink flushing every 0.3 s."""
+    settings = make_test_settings(tmp_path / "state", kafka_storage=kafka_storage)
+    stack = LocalStack(settings)
+    stack.up()
+    try:
+        with_accounts = _with_accounts(settings, stack.mqtt_auth().ensure_services())
+        yield stack, isolated(with_accounts, tmp_path / "pipeline", sink_batch_seconds=0.3)
+    finally:
+        stack.down()
 
 
 @dataclass

@@ -18,12 +18,11 @@ import pytest
 from infra.stack import LocalStack
 from iotp.settings import Settings
 from iotp.topics import mqtt_topic
-from tests.drills.support import Pipeline
+from tests.drills.support import Pipeline, own_stack
 from tests.drills.test_restart_drills import _kill9_service
 from tests.gateway.helpers import PacedPublisher
 from tests.support.mqtt_publish import reading
 from tests.support.processes import ProcessGroup
-from tests.support.services import _with_accounts, isolated, make_test_settings
 from tests.support.waiting import async_wait_for, wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,14 +32,8 @@ DEVICES, PER_DEVICE, RATE = 20, 60, 200.0  # 1,200 readings over ~6 s
 
 @pytest.fixture
 def durable_stack(tmp_path) -> Iterator[tuple[LocalStack, Settings]]:
-    settings = make_test_settings(tmp_path / "state", kafka_storage="s3")
-    stack = LocalStack(settings)
-    stack.up()
-    try:
-        with_accounts = _with_accounts(settings, stack.mqtt_auth().ensure_services())
-        yield stack, isolated(with_accounts, tmp_path / "pipeline", sink_batch_seconds=0.3)
-    finally:
-        stack.down()
+    with own_stack(tmp_path, "s3") as stack_and_settings:
+        yield stack_and_settings
 
 
 async def _all_delivered(p: Pipeline, tag: str, sent: list[dict]) -> None:

@@ -23,9 +23,8 @@ from infra.kafka_admin import create_topics, create_topics_sync
 from infra.ports import port_open
 from infra.stack import LocalStack
 from iotp.settings import Settings
-from tests.drills.support import Pipeline, fresh_tag
+from tests.drills.support import Pipeline, fresh_tag, own_stack
 from tests.support.processes import ProcessGroup
-from tests.support.services import _with_accounts, isolated, make_test_settings
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -34,17 +33,11 @@ BEFORE_ROUNDS, BEFORE_DEVICES = 4, 24  # enough records per partition that the o
 DEVICES, PER_DEVICE = 6, 10  # the new readings checked after the event
 
 
-@pytest.fixture
-def own_stack(tmp_path) -> Iterator[tuple[LocalStack, Settings]]:
-    """A stack of its own (the drills kill and restart its services), broker in memory."""
-    settings = make_test_settings(tmp_path / "state", kafka_storage="memory")
-    stack = LocalStack(settings)
-    stack.up()
-    try:
-        with_accounts = _with_accounts(settings, stack.mqtt_auth().ensure_services())
-        yield stack, isolated(with_accounts, tmp_path / "pipeline", sink_batch_seconds=0.3)
-    finally:
-        stack.down()
+@pytest.fixture(name="own_stack")
+def _own_stack(tmp_path) -> Iterator[tuple[LocalStack, Settings]]:
+    """A stack of its own, broker in memory."""
+    with own_stack(tmp_path, "memory") as stack_and_settings:
+        yield stack_and_settings
 
 
 @pytest.fixture
