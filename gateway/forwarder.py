@@ -40,6 +40,7 @@ from iotp.kafka import make_producer
 from iotp.mqtt import connect, make_client
 from iotp.mqtt_asyncio import AsyncioMqtt
 from iotp.profile_store import ProfileWatcher, settings_fallback
+from iotp.retry import Backoff, retry_forever
 from iotp.schema import encode_batch, order_of, reading_id
 from iotp.settings import Settings
 from iotp.topics import mqtt_subscription, redis_names
@@ -48,6 +49,8 @@ log = logging.getLogger("iotp.gateway")
 
 MAX_READINGS_PER_RECORD = 500
 SESSION_EXPIRY_S = 3600
+SEND_BACKOFF = Backoff(0.1, 5.0)  # a record send: its readings stay unacked on MQTT until it succeeds
+START_BACKOFF = Backoff(0.5, 10.0)  # the producer's first connection
 
 
 @dataclass(slots=True)
@@ -199,19 +202,20 @@ class Gateway:
     async def _send_with_retry(
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None = None
     ) -> None:
-        delay = 0.1
-        while True:
+        async def attempt() -> None:
             started = time.perf_counter()
-            try:
-                fut = await self.producer.send(topic, value=value, key=key, headers=headers)
-                await fut
-                metrics.KAFKA_LATENCY.observe(time.perf_counter() - started)
-                return
-            except KafkaError as exc:
-                metrics.KAFKA_ERRORS.inc()
-                log.warning("Kafka send failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            fut = await self.producer.send(topic, value=value, key=key, headers=headers)
+            await fut
+            metrics.KAFKA_LATENCY.observe(time.perf_counter() - started)
+
+        await retry_forever(
+            attempt,
+            what="Kafka send failed",
+            retry_on=KafkaError,
+            backoff=SEND_BACKOFF,
+            log=log,
+            on_retry=lambda _exc, _delay: metrics.KAFKA_ERRORS.inc(),
+        )
 
     async def _send(self, device_id: str, value: bytes, batch: DeviceBatch) -> None:
         await self._send_with_retry(self.settings.topic_readings, value, device_id.encode())
@@ -356,12 +360,6 @@ class Gateway:
             self._published[name] += delta
 
     async def _start_producer(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await self.producer.start()
-                return
-            except KafkaError as exc:
-                log.warning("Kafka not reachable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await retry_forever(
+            self.producer.start, what="Kafka not reachable", retry_on=KafkaError, backoff=START_BACKOFF, log=log
+        )

@@ -48,11 +48,14 @@ from pydantic import ValidationError
 
 from iotp.kafka import make_consumer, make_producer
 from iotp.kafka_marks import Mark, check_marks, fingerprint
+from iotp.retry import Backoff, retry_forever
 from iotp.schema import NO_SEQ, Alert, WindowAggregate, reading_key
 from iotp.settings import Settings
 from iotp.topics import RedisNames
 
 log = logging.getLogger("iotp.sink")
+
+WRITE_BACKOFF = Backoff(0.5, 30.0)  # a ClickHouse call: its records stay uncommitted on Kafka until it succeeds
 
 MS = pa.timestamp("ms", tz="UTC")
 MAX_TS_MS = 10_000_000_000_000  # year 2286, inside DateTime64(3)'s range
@@ -401,18 +404,25 @@ class ClickHouseSink:
 
     async def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
         """Call ``fn`` in a thread until it succeeds, backing off; raise CancelledError if stopping."""
-        delay = 0.5
-        while True:
-            try:
-                return await asyncio.to_thread(fn)
-            except (ClickHouseError, OSError) as exc:
-                self.retries += 1
-                log.warning("%s failed (%s); retrying in %.1fs", what, str(exc)[:300], delay)
-                if self._stop is not None and self._stop.is_set():
-                    raise asyncio.CancelledError(f"stopping with {what} unwritten") from exc
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay) if self._stop else await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+
+        def on_retry(exc: BaseException, _delay: float) -> None:
+            self.retries += 1
+            if self._stop is not None and self._stop.is_set():
+                raise asyncio.CancelledError(f"stopping with {what} unwritten") from exc
+
+        async def pause(delay: float) -> None:  # cut short by stop(): one last attempt, then give up
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay) if self._stop else await asyncio.sleep(delay)
+
+        return await retry_forever(
+            lambda: asyncio.to_thread(fn),
+            what=f"{what} failed",
+            retry_on=(ClickHouseError, OSError),
+            backoff=WRITE_BACKOFF,
+            log=log,
+            on_retry=on_retry,
+            sleep=pause,
+        )
 
     # --- partition bookkeeping ---
 

@@ -30,6 +30,7 @@ from faust.types import TP
 
 from iotp.kafka_marks import check_marks
 from iotp.profile_store import ProfileWatcher, settings_fallback
+from iotp.retry import Backoff, retry_forever
 from iotp.schema import now_ms
 from iotp.settings import Settings, get_settings
 from iotp.topics import redis_names
@@ -39,6 +40,8 @@ from stream_jobs.faust_consumer import use_fetch_max_wait
 from stream_jobs.redis_state import RedisWriter
 
 log = logging.getLogger("iotp.stream")
+
+FLUSH_BACKOFF = Backoff(0.1, 5.0)  # the effects of acked-after-flush records: never given up
 
 STAT_FIELDS = (
     "stream.records",
@@ -300,15 +303,9 @@ class StreamJob:
         stalls the worker instead (backpressure), and a repeated write is idempotent."""
         if not fx:
             return
-        delay = 0.1
-        while True:
-            try:
-                await self._write(fx)
-                return
-            except Exception as exc:
-                log.warning("flush failed, retrying in %.1fs: %r", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await retry_forever(
+            lambda: self._write(fx), what="flush failed", retry_on=Exception, backoff=FLUSH_BACKOFF, log=log
+        )
 
     async def _write(self, fx: Effects) -> None:
         c = self.engine.counters
