@@ -49,7 +49,7 @@ from pydantic import ValidationError
 from iotp.kafka import make_consumer, make_producer
 from iotp.kafka_marks import Mark, check_marks, fingerprint
 from iotp.retry import Backoff, retry_forever
-from iotp.schema import NO_SEQ, Alert, WindowAggregate, reading_key
+from iotp.schema import NO_SEQ, Alert, WindowAggregate, now_ms, reading_key
 from iotp.settings import Settings
 from iotp.topics import RedisNames
 
@@ -646,7 +646,7 @@ class ClickHouseSink:
                 pipe.hincrby(key, "sink.readings", readings)
             if resets:
                 pipe.hincrby(key, "sink.reset_discarded", resets)
-            pipe.hset(key, mapping={"sink.lag": lag, "sink.updated_ms": int(time.time() * 1000)})
+            pipe.hset(key, mapping={"sink.lag": lag, "sink.updated_ms": now_ms()})
             self.lag = lag
             await pipe.execute()
             self._published_rows += delta

@@ -29,11 +29,11 @@ import json
 import os
 import re
 import secrets
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from iotp.schema import now_ms
 from iotp.settings import Settings
 
 GATEWAY = "iotp-gateway"
@@ -186,7 +186,7 @@ class MqttAuth:
             devices[device_id] = {
                 "type": device_type,
                 "hash": hash_password(password),
-                "created_ms": int(time.time() * 1000),
+                "created_ms": now_ms(),
             }
             _write_private(self.devices_file, json.dumps(devices, indent=1))
             self._write_broker_files(self._read(self.services_file), devices)

@@ -28,6 +28,7 @@ import paho.mqtt.client as mqtt
 
 from iotp.mqtt import connect, make_client
 from iotp.profiles import Profiles, parse_profile
+from iotp.schema import now_ms
 from iotp.settings import Settings
 from iotp.topics import mqtt_topic
 from simulator.anomalies import AnomalyInjector
@@ -196,10 +197,10 @@ def run_publisher(
             device = devices[i % len(devices)]
             i += 1
             n = batch if count is None else min(batch, count - stats.readings)
-            now_ms = int(time.time() * 1000)
+            now = now_ms()
             readings = []
             for k in range(n):
-                r = emit(device, int(now_ms - (n - 1 - k) * device_interval_ms), injector)
+                r = emit(device, int(now - (n - 1 - k) * device_interval_ms), injector)
                 if r is None:
                     stats.suppressed += 1
                 else:
@@ -244,7 +245,7 @@ def run_publisher(
         client.disconnect()
         client.loop_stop()
         if injector is not None:
-            injector.close(int(time.time() * 1000))
+            injector.close(now_ms())
     stats.elapsed = max(end - started, 1e-9)
     stats.behind_s = max(0.0, end - next_at)
     stats.anomalies = len(injector.truth) if injector else 0
@@ -365,7 +366,7 @@ def run_scenario(
     """Run the scenario with ``workers`` processes (1 = in this process); aggregated stats. ``profiles``:
     the device profiles of the fleet (default: the shipped ones)."""
     stop = stop or threading.Event()
-    seq0 = int(time.time() * 1000)
+    seq0 = now_ms()
     start_ms = seq0
     if options.truth_file:
         Path(options.truth_file).parent.mkdir(parents=True, exist_ok=True)
