@@ -139,7 +139,6 @@ def soak_settings(state_dir: Path, kafka_storage: str | None = None) -> Settings
         kafka_bootstrap=f"127.0.0.1:{free_port()}",
         api_port=free_port(),
         gateway_metrics_port=free_port(),
-        stream_web_port=free_port(),
     )
 
 

@@ -293,7 +293,6 @@ class ClickHouseSink:
         self.redis = redis
         db = settings.clickhouse_database
         self.database = db
-        self.table = f"{db}.readings"
         self.targets = {
             settings.topic_readings: Target(f"{db}.readings", decode_readings, readings_arrow, True),
             settings.topic_aggregates: Target(f"{db}.window_aggregates", decode_aggregate, aggregates_arrow, False),

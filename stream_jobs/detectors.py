@@ -308,14 +308,6 @@ class DeviceDetector:
             "message": f"{rule} {what}{state}",
         }
 
-    def open_alerts(self) -> list[dict]:
-        out = []
-        for key, tr in self.trackers.items():
-            if tr.is_open:
-                rule, metric = key.split("|", 1)
-                out.append(self._event(tr, rule, metric or None, "open", None))
-        return out
-
     def open_count(self) -> int:
         return sum(1 for tr in self.trackers.values() if tr.is_open)
 
@@ -497,10 +489,6 @@ class DeviceDetector:
         out: list[dict] = []
         self._step(out, "silence|", "silence", None, self.last_ts, True, False, silent_for / 1000.0, None, None)
         return out
-
-    def is_offline(self) -> bool:
-        tr = self.trackers.get("silence|")
-        return tr is not None and tr.is_open
 
     # ---- snapshot ----------------------------------------------------------------------------------
     def to_state(self) -> dict:
