@@ -207,6 +207,37 @@ class Tracker:
         return self
 
 
+class MetricStats:
+    """What the detectors have learnt about one metric of one device (EWMA level, drift, noise, flatline).
+
+    Snapshots store it as a dict of these names (:meth:`to_state`); :meth:`from_state` also reads the
+    positional list that snapshots written before it hold in Redis (``FIELDS`` is that order)."""
+
+    FIELDS = ("n", "level", "drift_level", "baseline", "noise_var", "prev_x", "prev_ts", "flat_run", "flat_first")
+    __slots__ = FIELDS
+
+    def __init__(self, x: float, ts: int) -> None:
+        """The state after the first reading ``x`` at ``ts``."""
+        self.n = 1
+        self.level = self.drift_level = self.baseline = x
+        self.noise_var = 0.0
+        self.prev_x = x
+        self.prev_ts = ts
+        self.flat_run = 0
+        self.flat_first = ts
+
+    def to_state(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    @classmethod
+    def from_state(cls, state: dict[str, float] | list[float]) -> MetricStats:
+        values = state if isinstance(state, list) else [state[name] for name in cls.FIELDS]
+        self = cls.__new__(cls)
+        for name, value in zip(cls.FIELDS, values, strict=True):
+            setattr(self, name, value)
+        return self
+
+
 class DeviceDetector:
     """All detectors of one device. Feed readings in sequence order with :meth:`observe`; call
     :meth:`check_silence` from a timer. Both return alert events (dicts shaped like ``Alert``)."""
@@ -228,8 +259,7 @@ class DeviceDetector:
         self.device_type = device_type
         self.rules = rules
         self.params = rules.params
-        # metric -> [n, level, drift_level, baseline, noise_var, prev_x, prev_ts, flat_run, flat_first]
-        self.stats: dict[str, list] = {}
+        self.stats: dict[str, MetricStats] = {}
         self.trackers: dict[str, Tracker] = {}  # "rule|metric" -> Tracker
         self.last_ts = -1
         self.last_rx = -1
@@ -362,9 +392,10 @@ class DeviceDetector:
                     severity=severity,
                 )
         if st is None:
-            self.stats[metric] = [1, x, x, x, 0.0, x, ts, 0, ts]
+            self.stats[metric] = MetricStats(x, ts)
             return
-        n, level, dlevel, base, var, prev_x, prev_ts, flat_run, flat_first = st
+        n, level, dlevel, base, var = st.n, st.level, st.drift_level, st.baseline, st.noise_var
+        prev_x, prev_ts, flat_run, flat_first = st.prev_x, st.prev_ts, st.flat_run, st.flat_first
         dt = (ts - prev_ts) / 1000.0
         if dt <= 0:
             return  # same or older timestamp: nothing to learn from
@@ -468,7 +499,8 @@ class DeviceDetector:
         if diff != 0.0:  # a stuck sensor says nothing about the noise
             diff = _clip(diff, 2.0 * clip)
             var += a_noise * (diff * diff / 2.0 - var)
-        st[:] = [n + 1, level, dlevel, base, var, x, ts, flat_run, flat_first]
+        st.n, st.level, st.drift_level, st.baseline, st.noise_var = n + 1, level, dlevel, base, var
+        st.prev_x, st.prev_ts, st.flat_run, st.flat_first = x, ts, flat_run, flat_first
 
     # ---- silence -----------------------------------------------------------------------------------
     def silence_after_ms(self) -> float:
@@ -493,7 +525,7 @@ class DeviceDetector:
     # ---- snapshot ----------------------------------------------------------------------------------
     def to_state(self) -> dict:
         return {
-            "s": self.stats,
+            "s": {m: st.to_state() for m, st in self.stats.items()},
             "t": {k: tr.to_state() for k, tr in self.trackers.items()},
             "ts": self.last_ts,
             "rx": self.last_rx,
@@ -503,7 +535,7 @@ class DeviceDetector:
     @classmethod
     def from_state(cls, device_id: str, device_type: str, rules: RuleSet, state: dict) -> DeviceDetector:
         self = cls(device_id, device_type, rules)
-        self.stats = {m: list(v) for m, v in state.get("s", {}).items()}
+        self.stats = {m: MetricStats.from_state(v) for m, v in state.get("s", {}).items()}
         self.trackers = {k: Tracker.from_state(v) for k, v in state.get("t", {}).items()}
         self.last_ts = state.get("ts", -1)
         self.last_rx = state.get("rx", -1)
