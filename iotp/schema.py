@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypedDict
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -175,3 +175,47 @@ class Alert(BaseModel):
     last_seen: int = Field(description="epoch ms")
     resolved_at: int | None = None
     message: str = ""
+
+
+# The same two contracts as the stream jobs build them: plain dicts at runtime (a pydantic model per window
+# or alert event would cost the hot path), typed for mypy. Build them by calling the TypedDict with
+# keywords -- ``AlertEvent(v=SCHEMA_VERSION, ...)`` -- so a missing or misspelt field is a type error;
+# tests/iotp/test_schema_events.py holds them to the pydantic models' fields.
+
+
+class WindowAggregateEvent(TypedDict):
+    """A :class:`WindowAggregate`, as ``stream_jobs.windows`` emits it."""
+
+    v: Literal[1]
+    device_id: str
+    device_type: str
+    metric: str
+    window_s: int
+    start: int
+    end: int
+    count: int
+    min: float
+    max: float
+    mean: float
+    std: float
+    late: int
+
+
+class AlertEvent(TypedDict):
+    """An :class:`Alert`, as ``stream_jobs.detectors`` emits it."""
+
+    v: Literal[1]
+    alert_id: str
+    device_id: str
+    device_type: str
+    metric: str | None
+    rule: str
+    severity: Severity
+    state: AlertState
+    value: float | None
+    expected_min: float | None
+    expected_max: float | None
+    first_seen: int
+    last_seen: int
+    resolved_at: int | None
+    message: str

@@ -32,8 +32,9 @@ from pathlib import Path
 import yaml
 
 from iotp.profiles import MetricProfile, Profiles, expected_interval_ms, shipped_profiles
+from iotp.schema import SCHEMA_VERSION, AlertEvent, AlertState, Severity
 
-SEVERITY = {
+SEVERITY: dict[str, Severity] = {
     "threshold": "warning",
     "zscore": "warning",
     "drift": "warning",
@@ -67,7 +68,7 @@ class MetricRule:
     min: float | None = None
     max: float | None = None
     max_rate: float | None = None
-    severity: str = "warning"
+    severity: Severity = "warning"
     zscore: bool = True
     drift: bool = True
     flatline: bool = True
@@ -268,7 +269,7 @@ class DeviceDetector:
     # ---- alert lifecycle ---------------------------------------------------------------------------
     def _step(
         self,
-        out: list,
+        out: list[AlertEvent],
         key: str,
         rule: str,
         metric: str | None,
@@ -279,7 +280,7 @@ class DeviceDetector:
         exp_min: float | None,
         exp_max: float | None,
         open_count: int = 1,
-        severity: str | None = None,
+        severity: Severity | None = None,
         first: int | None = None,
     ) -> None:
         tr = self.trackers.get(key)
@@ -315,36 +316,36 @@ class DeviceDetector:
         tr: Tracker,
         rule: str,
         metric: str | None,
-        state: str,
-        severity: str | None,
+        state: AlertState,
+        severity: Severity | None,
         resolved_at: int | None = None,
-    ) -> dict:
+    ) -> AlertEvent:
         what = f"{metric} " if metric else ""
-        return {
-            "v": 1,
-            "alert_id": tr.alert_id,
-            "device_id": self.device_id,
-            "device_type": self.device_type,
-            "metric": metric,
-            "rule": rule,
-            "severity": severity or SEVERITY.get(rule, "warning"),
-            "state": state,
-            "value": tr.value,
-            "expected_min": tr.exp_min,
-            "expected_max": tr.exp_max,
-            "first_seen": tr.first,
-            "last_seen": tr.last,
-            "resolved_at": resolved_at,
-            "message": f"{rule} {what}{state}",
-        }
+        return AlertEvent(
+            v=SCHEMA_VERSION,
+            alert_id=tr.alert_id,
+            device_id=self.device_id,
+            device_type=self.device_type,
+            metric=metric,
+            rule=rule,
+            severity=severity or SEVERITY.get(rule, "warning"),
+            state=state,
+            value=tr.value,
+            expected_min=tr.exp_min,
+            expected_max=tr.exp_max,
+            first_seen=tr.first,
+            last_seen=tr.last,
+            resolved_at=resolved_at,
+            message=f"{rule} {what}{state}",
+        )
 
     def open_count(self) -> int:
         return sum(1 for tr in self.trackers.values() if tr.is_open)
 
     # ---- readings ----------------------------------------------------------------------------------
-    def observe(self, ts: int, rx: int, metrics: dict[str, float]) -> list[dict]:
+    def observe(self, ts: int, rx: int, metrics: dict[str, float]) -> list[AlertEvent]:
         """One in-order reading (``ts`` event time, ``rx`` when the stream received it, epoch ms)."""
-        out: list[dict] = []
+        out: list[AlertEvent] = []
         p = self.params
         if self.last_ts >= 0:
             gap = ts - self.last_ts
@@ -361,7 +362,9 @@ class DeviceDetector:
             self._metric(out, metric, ts, x, self.rules.rule(self.device_type, metric), p)
         return out
 
-    def _metric(self, out: list, metric: str, ts: int, x: float, rule: MetricRule, p: DetectorParams) -> None:
+    def _metric(
+        self, out: list[AlertEvent], metric: str, ts: int, x: float, rule: MetricRule, p: DetectorParams
+    ) -> None:
         keys = _KEYS.get(metric)
         if keys is None:
             keys = _KEYS[metric] = tuple(f"{r}|{metric}" for r in _METRIC_RULES)
@@ -508,7 +511,7 @@ class DeviceDetector:
         interval = max(self.interval_ms, self.rules.expected_interval_ms(self.device_type))
         return max(p.silence_factor * interval, p.silence_min_s * 1000.0)
 
-    def check_silence(self, now_ms: int) -> list[dict]:
+    def check_silence(self, now_ms: int) -> list[AlertEvent]:
         """Open a ``silence`` alert if nothing arrived for too long (``now_ms`` on the ``rx`` clock).
 
         The stream job calls it only for partitions that are caught up: otherwise a backlog would look
@@ -518,7 +521,7 @@ class DeviceDetector:
         silent_for = now_ms - self.last_rx
         if silent_for <= self.silence_after_ms():
             return []
-        out: list[dict] = []
+        out: list[AlertEvent] = []
         self._step(out, "silence|", "silence", None, self.last_ts, True, False, silent_for / 1000.0, None, None)
         return out
 
