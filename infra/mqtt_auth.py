@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from iotp.schema import now_ms
+from iotp.schema import DEVICE_ID_PATTERN, NAME_PATTERN, now_ms
 from iotp.settings import Settings
 
 GATEWAY = "iotp-gateway"
@@ -42,8 +42,8 @@ SERVICE_ACCOUNTS = (GATEWAY, SIMULATOR)
 ROLES = {"gateway": GATEWAY, "simulator": SIMULATOR}
 REFERENCE_TOPICS = "iotp-ref/#"  # loadtest/reference.py: broker limit measured with the C clients
 # The reading schema's device id (iotp.schema.DeviceId): no MQTT wildcard, '/' or ':' can appear in it.
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-DEVICE_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+DEVICE_TYPE_RE = re.compile(NAME_PATTERN)
 PBKDF2_ITERATIONS = 1000  # Mosquitto reads the count from each hash; its own tool defaults to 101
 
 

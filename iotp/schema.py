@@ -34,8 +34,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 SCHEMA_VERSION: Literal[1] = 1
 SUPPORTED_VERSIONS = frozenset({1})
 
-DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-MetricName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+# The one definition of each name pattern (API parameters, profiles and MQTT auth use these).
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # no MQTT wildcard, '/' or ':' (reading ids)
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"  # device types, metric names, rule names
+
+DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
+MetricName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 
 class Reading(BaseModel):
@@ -45,7 +49,7 @@ class Reading(BaseModel):
 
     v: Literal[1] = SCHEMA_VERSION
     device_id: DeviceId
-    device_type: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    device_type: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
     seq: int | None = Field(None, ge=0, lt=2**63, description="optional per-device counter (resets on reboot)")
     ts: int = Field(ge=0, lt=2**47, description="sensor time, epoch milliseconds UTC")
     metrics: dict[MetricName, float] = Field(min_length=1, max_length=64)

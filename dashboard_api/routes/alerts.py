@@ -17,10 +17,10 @@ from dashboard_api.deps import HistoryDep, NamesDep, RedisDep
 from dashboard_api.models import Ack, AckRequest, AckResult, AlertList, AlertOut
 from dashboard_api.params import ID_PATTERN, AlertIdPath, TimeRange, time_range, to_ms
 from history import queries
-from iotp.schema import Severity
+from iotp.schema import NAME_PATTERN, Severity
 
 router = APIRouter(prefix="/api/alerts", tags=["alerts"])
-RULE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+RULE_PATTERN = NAME_PATTERN
 
 
 @router.get("", response_model=AlertList, summary="Open alerts (live, from Redis), newest first")
