@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
+from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aioredis
@@ -30,6 +31,7 @@ from dashboard_api.models import (
 )
 from iotp.schema import now_ms
 from iotp.topics import RedisNames
+from iotp.settings import Settings
 
 log = logging.getLogger("iotp.api.live")
 STAGE_ORDER = ("gateway", "stream", "sink")
@@ -42,9 +44,23 @@ async def device_ids(redis: aioredis.Redis, names: RedisNames) -> list[str]:
     return sorted(i.decode() for i in await redis.zrange(names.fleet_index, 0, -1))
 
 
-async def load_devices(app: FastAPI, ids: list[str], alert_counts: Counter | None = None) -> list[DeviceState]:
-    redis, names, settings = app.state.redis, app.state.names, app.state.settings
-    now, offline_ms = now_ms(), int(settings.api_offline_after_s * 1000)
+@dataclass(frozen=True)
+class LiveSource:
+    """Where the live state is read: the Redis client, its key names, and when a device counts as offline.
+    Routes get one from ``dashboard_api.deps.LiveDep``."""
+
+    redis: aioredis.Redis
+    names: RedisNames
+    offline_after_ms: int
+
+    @classmethod
+    def of(cls, settings: Settings, redis: aioredis.Redis, names: RedisNames) -> LiveSource:
+        return cls(redis, names, int(settings.api_offline_after_s * 1000))
+
+
+async def load_devices(src: LiveSource, ids: list[str], alert_counts: Counter | None = None) -> list[DeviceState]:
+    redis, names = src.redis, src.names
+    now, offline_ms = now_ms(), src.offline_after_ms
     out: list[DeviceState] = []
     for i in range(0, len(ids), CHUNK):
         async with redis.pipeline(transaction=False) as pipe:
@@ -65,37 +81,37 @@ async def load_devices(app: FastAPI, ids: list[str], alert_counts: Counter | Non
     return out
 
 
-async def load_acks(app: FastAPI, alert_ids: list[str]) -> dict[str, Ack]:
+async def load_acks(src: LiveSource, alert_ids: list[str]) -> dict[str, Ack]:
     if not alert_ids:
         return {}
-    raw = await app.state.redis.hmget(app.state.names.alert_acks, alert_ids)
+    raw = await src.redis.hmget(src.names.alert_acks, alert_ids)
     return {aid: Ack.model_validate_json(v) for aid, v in zip(alert_ids, raw, strict=True) if v}
 
 
-async def open_alerts(app: FastAPI) -> list[AlertOut]:
+async def open_alerts(src: LiveSource) -> list[AlertOut]:
     """Open alerts from Redis (written by the stream jobs), with their acks, newest first."""
-    raw = await app.state.redis.hgetall(app.state.names.open_alerts)
+    raw = await src.redis.hgetall(src.names.open_alerts)
     alerts: list[AlertOut] = []
     for key, value in raw.items():
         try:
             alerts.append(AlertOut.model_validate_json(value))
         except ValueError:
             log.warning("skipping malformed open alert %r", key)
-    acks = await load_acks(app, [a.alert_id for a in alerts])
+    acks = await load_acks(src, [a.alert_id for a in alerts])
     for alert in alerts:
         alert.ack = acks.get(alert.alert_id)
     alerts.sort(key=lambda a: a.last_seen, reverse=True)
     return alerts
 
 
-async def open_alert_counts(app: FastAPI) -> Counter:
-    return Counter(a.device_id for a in await open_alerts(app))
+async def open_alert_counts(src: LiveSource) -> Counter:
+    return Counter(a.device_id for a in await open_alerts(src))
 
 
-async def fleet_summary(app: FastAPI) -> FleetSummary:
-    alerts = await open_alerts(app)
+async def fleet_summary(src: LiveSource) -> FleetSummary:
+    alerts = await open_alerts(src)
     counts = Counter(a.device_id for a in alerts)
-    devices = await load_devices(app, await device_ids(app.state.redis, app.state.names), counts)
+    devices = await load_devices(src, await device_ids(src.redis, src.names), counts)
     by_type: dict[str, TypeSummary] = {}
     for d in devices:
         t = by_type.setdefault(d.device_type, TypeSummary())
@@ -190,13 +206,14 @@ async def run_publisher(app: FastAPI, interval_s: float = 1.0) -> None:
     """Sample the counters every second; push pipeline health and (every 2 s) the fleet summary."""
     hub, sampler = app.state.hub, app.state.sampler
     tick = 0
+    src = LiveSource.of(app.state.settings, app.state.redis, app.state.names)
     while True:
         try:
             await sampler.sample()
             if hub.wants_local("pipeline"):
                 hub.publish_local("pipeline", sampler.health(hub.stats()).model_dump(mode="json"))
             if tick % 2 == 0 and hub.wants_local("fleet"):
-                hub.publish_local("fleet", (await fleet_summary(app)).model_dump(mode="json"))
+                hub.publish_local("fleet", (await fleet_summary(src)).model_dump(mode="json"))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
