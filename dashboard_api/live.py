@@ -29,9 +29,10 @@ from dashboard_api.models import (
     WebSocketHealth,
     parse_device_hash,
 )
+from iotp import stats
 from iotp.schema import now_ms
-from iotp.topics import RedisNames
 from iotp.settings import Settings
+from iotp.topics import RedisNames
 
 log = logging.getLogger("iotp.api.live")
 STAGE_ORDER = ("gateway", "stream", "sink")
@@ -195,8 +196,8 @@ class StatsSampler:
             stages.values(),
             key=lambda s: (STAGE_ORDER.index(s.stage) if s.stage in STAGE_ORDER else len(STAGE_ORDER), s.stage),
         )
-        deadletter = {f: v for f, v in cur.items() if f == "gateway.rejected" or "deadletter" in f or "dlq" in f}
-        deadletter.setdefault("gateway.rejected", 0)
+        deadletter = {f: v for f, v in cur.items() if f == stats.GATEWAY_REJECTED or "deadletter" in f or "dlq" in f}
+        deadletter.setdefault(stats.GATEWAY_REJECTED, 0)
         return PipelineHealth(
             ts=now, window_s=round(window, 3), stages=ordered, deadletter=deadletter, websocket=WebSocketHealth(**ws)
         )
@@ -205,8 +206,8 @@ class StatsSampler:
 async def run_publisher(app: FastAPI, interval_s: float = 1.0) -> None:
     """Sample the counters every second; push pipeline health and (every 2 s) the fleet summary."""
     hub, sampler = app.state.hub, app.state.sampler
-    tick = 0
     src = LiveSource.of(app.state.settings, app.state.redis, app.state.names)
+    tick = 0
     while True:
         try:
             await sampler.sample()

@@ -28,6 +28,7 @@ import orjson
 import redis.asyncio as aioredis
 from faust.types import TP
 
+from iotp import stats
 from iotp.kafka_marks import check_marks
 from iotp.profile_store import ProfileWatcher, settings_fallback
 from iotp.retry import Backoff, retry_forever
@@ -43,21 +44,7 @@ log = logging.getLogger("iotp.stream")
 
 FLUSH_BACKOFF = Backoff(0.1, 5.0)  # the effects of acked-after-flush records: never given up
 
-STAT_FIELDS = (
-    "stream.records",
-    "stream.readings",
-    "stream.aggregates",
-    "stream.alerts",
-    "stream.late",
-    "stream.dropped_late",
-    "stream.duplicates",
-    "stream.out_of_order",
-    "stream.backfill",
-    "stream.replay_skipped",
-    "stream.reset_discarded",
-    "stream.snapshot_behind",
-    "stream.invalid",
-)
+STAT_FIELDS = stats.STREAM_COUNTERS  # stream_jobs.cli exports them to Prometheus
 
 
 class StreamJob:

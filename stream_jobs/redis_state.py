@@ -19,6 +19,7 @@ from __future__ import annotations
 import orjson
 import redis.asyncio as aioredis
 
+from iotp import stats
 from iotp.schema import key_of, order_of
 from iotp.topics import RedisNames
 from stream_jobs.engine import Effects, Engine
@@ -139,7 +140,7 @@ class RedisWriter:
 
     async def gateway_heartbeat(self) -> int | None:
         """When a gateway last reported (``gateway.updated_ms`` in the stats hash), or None if none ever did."""
-        raw = await self.redis.hget(self.names.stats_key, "gateway.updated_ms")
+        raw = await self.redis.hget(self.names.stats_key, stats.GATEWAY_UPDATED_MS)
         return int(raw) if raw else None
 
     async def write_stats(
@@ -150,8 +151,8 @@ class RedisWriter:
                 if value:
                     pipe.hincrby(self.names.stats_key, name, value)
             if lag is not None:
-                pipe.hset(self.names.stats_key, "stream.lag", lag)
-            pipe.hset(self.names.stats_key, "stream.updated_ms", now_ms)
+                pipe.hset(self.names.stats_key, stats.STREAM_LAG, lag)
+            pipe.hset(self.names.stats_key, stats.STREAM_UPDATED_MS, now_ms)
             for name, value in (gauges or {}).items():
                 pipe.hset(self.names.stats_key, name, value)
             await pipe.execute()
