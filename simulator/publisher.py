@@ -197,10 +197,10 @@ def run_publisher(
             device = devices[i % len(devices)]
             i += 1
             n = batch if count is None else min(batch, count - stats.readings)
-            now = now_ms()
+            wall_ms = now_ms()
             readings = []
             for k in range(n):
-                r = emit(device, int(now - (n - 1 - k) * device_interval_ms), injector)
+                r = emit(device, int(wall_ms - (n - 1 - k) * device_interval_ms), injector)
                 if r is None:
                     stats.suppressed += 1
                 else:
