@@ -26,8 +26,9 @@ from pathlib import Path
 import clickhouse_connect
 
 from history import queries
+from history.columns import readings_arrow
+from history.decode import decode_readings
 from history.migrations import migrate
-from history.sink import decode_readings, readings_arrow
 from iotp.schema import encode_batch, now_ms
 from iotp.settings import Settings
 

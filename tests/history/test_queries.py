@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from history import queries
-from history.sink import alerts_arrow, decode_alert
+from history.columns import alerts_arrow
+from history.decode import decode_alert
 from iotp.schema import Alert
 from tests.history.helpers import MIN, insert_rows
 
@@ -187,7 +188,8 @@ def test_parameters_treat_sql_ish_strings_as_values(ch, base_ms):
 
 def test_count_rows_and_window_aggregates(ch, base_ms):
     client, db = ch
-    from history.sink import aggregates_arrow, decode_aggregate
+    from history.columns import aggregates_arrow
+    from history.decode import decode_aggregate
     from iotp.schema import WindowAggregate
 
     agg = WindowAggregate(
