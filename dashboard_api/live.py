@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -42,7 +43,8 @@ CHUNK = 500
 
 async def device_ids(redis: aioredis.Redis, names: RedisNames) -> list[str]:
     """Every device id of the fleet index, sorted by id (a stable order for pagination)."""
-    return sorted(i.decode() for i in await redis.zrange(names.fleet_index, 0, -1))
+    ids = cast(list[bytes], await redis.zrange(names.fleet_index, 0, -1))  # the app's client returns bytes
+    return sorted(i.decode() for i in ids)
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ class StatsSampler:
         self.samples: deque[tuple[float, dict[str, float]]] = deque(maxlen=64)
 
     async def read(self) -> tuple[float, dict[str, float]]:
-        raw = await self.redis.hgetall(self.names.stats_key)
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.names.stats_key))
         return time.monotonic(), {k.decode(): _number(v) for k, v in raw.items()}
 
     async def sample(self) -> None:

@@ -67,7 +67,7 @@ def time_range(
     return TimeRange(start, end)
 
 
-def to_ms(value) -> int | None:
+def to_ms(value: datetime | float | None) -> int | None:
     """Epoch ms from what a query returns (epoch ms, seconds-precision datetime, or None)."""
     if value is None:
         return None

@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pyarrow as pa
 
 MS = pa.timestamp("ms", tz="UTC")
@@ -45,7 +48,7 @@ ALERT_FIELDS = [
 
 
 def readings_arrow(rows: list[tuple]) -> pa.Table:
-    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in READING_COLUMNS]
+    cols: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [[] for _ in READING_COLUMNS]
     return pa.table(
         {
             "device_id": pa.array(cols[0], pa.string()),
@@ -60,7 +63,7 @@ def readings_arrow(rows: list[tuple]) -> pa.Table:
 
 
 def aggregates_arrow(rows: list[tuple]) -> pa.Table:
-    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in AGGREGATE_FIELDS]
+    cols: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [[] for _ in AGGREGATE_FIELDS]
     types = [
         pa.string(),
         pa.string(),
@@ -79,6 +82,6 @@ def aggregates_arrow(rows: list[tuple]) -> pa.Table:
 
 
 def alerts_arrow(rows: list[tuple]) -> pa.Table:
-    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in ALERT_FIELDS]
+    cols: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [[] for _ in ALERT_FIELDS]
     types = [pa.string()] * 7 + [pa.float64()] * 3 + [MS] * 3 + [pa.string()]
     return pa.table({name: pa.array(col, t) for name, col, t in zip(ALERT_FIELDS, cols, types, strict=True)})

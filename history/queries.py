@@ -319,12 +319,11 @@ def alert_history(
 
 def count_rows(client: Client, database: str) -> dict[str, int]:
     """Stored rows per history table (active parts; rollup rows not yet merged count separately)."""
-    rows = dict(
-        client.query(
-            "SELECT table, sum(rows) FROM system.parts WHERE database = {db:String} AND active GROUP BY table",
-            parameters={"db": database},
-        ).result_rows
+    result = client.query(
+        "SELECT table, sum(rows) FROM system.parts WHERE database = {db:String} AND active GROUP BY table",
+        parameters={"db": database},
     )
+    rows = {table: n for table, n in result.result_rows}
     return {table: int(rows.get(table, 0)) for table in TABLES}
 
 

@@ -38,15 +38,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from history.blocks import Buffer, Record, Target, form_blocks
+from history.blocks import Block, Buffer, Record, Target, form_blocks
 from history.columns import aggregates_arrow, alerts_arrow, readings_arrow
 from history.decode import Rejected, decode_aggregate, decode_alert, decode_readings
 from history.inserts import healthy, insert_block
@@ -66,10 +67,10 @@ class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, sink: ClickHouseSink) -> None:
         self.sink = sink
 
-    async def on_partitions_revoked(self, revoked) -> None:
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         self.sink._drop(set(revoked))
 
-    async def on_partitions_assigned(self, assigned) -> None:
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         await self.sink._load_plans(set(assigned))
 
 
@@ -98,9 +99,21 @@ class ClickHouseSink:
         self._plans: dict[TopicPartition, Plan] = {}
         self._oldest = 0.0
         self._stop: asyncio.Event | None = None
-        self._consumer = None
-        self._producer = None
+        self._consumer: AIOKafkaConsumer | None = None  # both set by run()
+        self._producer: AIOKafkaProducer | None = None
         self.readings_written = 0  # readings (not rows) stored in the raw table: the load test's "stored" stage
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("the sink is not running")
+        return self._consumer
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("the sink is not running")
+        return self._producer
 
     # --- ClickHouse calls: sync, run in a worker thread, retried ---
 
@@ -142,7 +155,7 @@ class ClickHouseSink:
         plans = await current_incarnation(self.settings, found)
         self.reset_discarded += len(found) - len(plans)
         for tp, plan in plans.items():
-            committed = await self._consumer.committed(tp)
+            committed = await self.consumer.committed(tp)
             start = plan.first if committed is None else committed
             if plan.first == start <= plan.last:
                 log.info("replaying planned block %s[%d..%d] with its token", tp, plan.first, plan.last)
@@ -152,7 +165,7 @@ class ClickHouseSink:
 
     # --- the loop ---
 
-    async def _add(self, message) -> None:
+    async def _add(self, message: ConsumerRecord) -> None:
         tp = TopicPartition(message.topic, message.partition)
         plan = self._plans.get(tp)
         if plan is not None and message.offset > plan.last:
@@ -210,7 +223,7 @@ class ClickHouseSink:
                 continue
             attempts = 0
 
-            def write(block=block) -> list[tuple[Record, str]]:
+            def write(block: Block = block) -> list[tuple[Record, str]]:
                 nonlocal attempts
                 attempts += 1
                 allow = attempts >= 4 and healthy(self.client)
@@ -231,17 +244,17 @@ class ClickHouseSink:
         self._oldest = time.monotonic()
         log.debug("flushed %d blocks (%d rows); committing %s", len(blocks), rows, offsets)
         try:
-            await self._consumer.commit(offsets)
+            await self.consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
             # Written but not committed: the partitions are re-read from the committed offsets, and the plans
             # make the re-formed blocks carry the same tokens, so ClickHouse drops them.
             log.warning("commit failed after insert (%s); rewinding to the committed offsets", exc)
             self._plans.clear()
             self._buffers.clear()
-            assigned = set(self._consumer.assignment())
+            assigned = set(self.consumer.assignment())
             try:
                 if assigned:
-                    await self._consumer.seek_to_committed(*assigned)
+                    await self.consumer.seek_to_committed(*assigned)
                     await self._load_plans(assigned)
             except (KafkaError, AssertionError) as rewind_error:
                 # a rebalance is under way: the new assignment resets positions and loads the plans
@@ -268,7 +281,7 @@ class ClickHouseSink:
                 ("source_offset", str(record.offset).encode()),
             ]
             futures.append(
-                await self._producer.send(
+                await self.producer.send(
                     self.settings.topic_sink_deadletter, record.value, key=record.key, headers=headers
                 )
             )
@@ -278,7 +291,7 @@ class ClickHouseSink:
 
     async def _publish_stats(self) -> None:
         if self._stats is not None:
-            await self._stats.publish(self._consumer, self.rows_written, self.readings_written, self.reset_discarded)
+            await self._stats.publish(self.consumer, self.rows_written, self.readings_written, self.reset_discarded)
 
     @property
     def lag(self) -> int:

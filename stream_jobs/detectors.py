@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -107,7 +108,7 @@ def _rule(o: dict, spec: MetricProfile | None) -> MetricRule:
     """A metric's rule: the rules-file override ``o`` over the profile's threshold over its normal range."""
     t = spec.threshold if spec is not None else None
 
-    def pick(name: str, profile_value, default=None):
+    def pick(name: str, profile_value: Any, default: Any = None) -> Any:
         if name in o:
             return o[name]
         return profile_value if profile_value is not None else default
@@ -141,7 +142,7 @@ def metric_rules(profiles: Profiles, overrides: dict | None = None) -> dict[tupl
     return metrics
 
 
-def load_rules(path: Path | str | None = None, profiles: Profiles | None = None, **param_overrides) -> RuleSet:
+def load_rules(path: Path | str | None = None, profiles: Profiles | None = None, **param_overrides: Any) -> RuleSet:
     """Detector parameters from the rules YAML (default: the packaged ``stream_jobs/rules/rules.yaml``) and
     per-metric rules from the device ``profiles`` (default: the shipped ones), with the rules file's
     optional ``thresholds`` applied over them."""

@@ -16,8 +16,11 @@ they describe.
 
 from __future__ import annotations
 
+from typing import cast
+
 import orjson
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from iotp import stats
 from iotp.schema import key_of, order_of
@@ -75,7 +78,7 @@ class RedisWriter:
         return snapshot_key(self.names, self.app_id, self.topic, partition)
 
     async def load(self, partition: int) -> dict[bytes, bytes]:
-        return await self.redis.hgetall(self.snapshot_key(partition))
+        return cast(dict[bytes, bytes], await self.redis.hgetall(self.snapshot_key(partition)))  # bytes client
 
     async def write(self, fx: Effects, engine: Engine, now_ms: int) -> None:
         names = self.names
@@ -119,7 +122,9 @@ class RedisWriter:
                 ps = engine.partitions.get(partition)
                 if ps is None:
                     continue
-                mapping = {d: orjson.dumps(ps.devices[d].to_state()) for d in device_ids if d in ps.devices}
+                mapping: dict[FieldT, EncodableT] = {
+                    d: orjson.dumps(ps.devices[d].to_state()) for d in device_ids if d in ps.devices
+                }
                 mapping.update(self._offset_fields(engine, partition))
                 pipe.hset(self.snapshot_key(partition), mapping=mapping)
             for partition in fx.offsets:
@@ -129,7 +134,7 @@ class RedisWriter:
             await pipe.execute()
 
     @staticmethod
-    def _offset_fields(engine: Engine, partition: int) -> dict[str, int | str]:
+    def _offset_fields(engine: Engine, partition: int) -> dict[FieldT, EncodableT]:
         """``__offset__`` and ``__mark__`` (offset + fingerprint of the record below it, which a new owner
         checks against Kafka before it skips anything; see :mod:`iotp.kafka_marks`)."""
         ps = engine.partitions.get(partition)

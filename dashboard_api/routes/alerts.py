@@ -7,7 +7,7 @@ API process and every dashboard sees it.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query
 
@@ -100,7 +100,9 @@ async def acknowledge(
     created = bool(await redis.hsetnx(names.alert_acks, alert_id, ack.model_dump_json()))
     if not created:
         return AckResult(
-            alert_id=alert_id, ack=Ack.model_validate_json(await redis.hget(names.alert_acks, alert_id)), created=False
+            alert_id=alert_id,
+            ack=Ack.model_validate_json(cast(bytes, await redis.hget(names.alert_acks, alert_id))),  # set: hsetnx lost
+            created=False,
         )
     alert = AlertOut.model_validate_json(raw)
     await redis.publish(names.channel_alerts, live.ack_event(alert, ack))

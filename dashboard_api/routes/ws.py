@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -44,7 +45,7 @@ def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def _check(channels: list[str], devices: list[str]) -> str | None:
+def _check(channels: list[str], devices: list[Any]) -> str | None:  # devices: from the client's JSON
     unknown = set(channels) - ALL_CHANNELS
     if unknown:
         return f"unknown channels: {','.join(sorted(unknown))} (known: {','.join(sorted(ALL_CHANNELS))})"
