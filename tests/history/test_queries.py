@@ -3,7 +3,6 @@ parameters that treat SQL-ish strings as values."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from history import queries
 from history.columns import alerts_arrow
 from history.decode import decode_alert
-from iotp.schema import Alert
+from iotp.schema import Alert, now_ms
 from tests.history.helpers import MIN, insert_rows
 
 HOUR = 60 * MIN
@@ -23,7 +22,7 @@ def _dt(ms: int) -> datetime:
 
 @pytest.fixture
 def base_ms() -> int:
-    return (int(time.time() * 1000) // HOUR - 30) * HOUR  # 30 h ago, on the hour
+    return (now_ms() // HOUR - 30) * HOUR  # 30 h ago, on the hour
 
 
 def _series_rows(base_ms: int) -> list[tuple]:
