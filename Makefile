@@ -4,9 +4,10 @@
 run: bootstrap            ## stack + pipeline + simulator + dashboard, in the background
 	.venv/bin/iotp up
 
-test: bootstrap-dev       ## lint + the whole test suite against real local services
+test: bootstrap-dev       ## lint + type check + the whole test suite against real local services
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/mypy
 	.venv/bin/python -m pytest
 
 stop:                     ## stop the pipeline and the stack

@@ -26,9 +26,10 @@ from pathlib import Path
 import clickhouse_connect
 
 from history import queries
+from history.columns import readings_arrow
+from history.decode import decode_readings
 from history.migrations import migrate
-from history.sink import decode_readings, readings_arrow
-from iotp.schema import encode_batch
+from iotp.schema import encode_batch, now_ms
 from iotp.settings import Settings
 
 RESULTS = Path(__file__).parent / "results" / "history_bench.json"
@@ -63,7 +64,7 @@ def pct(values: list[float], q: float) -> float:
 def bench_dedup(client, batch_sizes: list[int], total: int) -> list[dict]:
     """Insert rows/s: MergeTree + tokens vs ReplacingMergeTree; both with the two rollup views."""
     out = []
-    start = int(time.time() * 1000) - 12 * HOUR
+    start = now_ms() - 12 * HOUR
     rows = synthetic_rows(total, start)
     for variant in ("mergetree_tokens", "replacing_no_tokens"):
         for size in batch_sizes:
@@ -143,7 +144,7 @@ def bench_final_read(client, db: str, repeat: int, device: str, start_ms: int, e
 def bench_sink_path(client, batch_sizes: list[int], total: int) -> list[dict]:
     """The sink's write path per batch: JSON ReadingBatch records -> rows -> Arrow -> tokenized insert."""
     out = []
-    now = int(time.time() * 1000) - 2 * HOUR
+    now = now_ms() - 2 * HOUR
     per_record = 10  # readings per Kafka record, 3 metrics each
     records = []
     seq = 0
@@ -260,7 +261,7 @@ def main() -> None:
 
     db = "bench_q"
     migrate(client, db, Settings())
-    end_ms = (int(time.time() * 1000) // HOUR) * HOUR
+    end_ms = (now_ms() // HOUR) * HOUR
     start_ms = end_ms - 24 * HOUR
     gen_s = generate(client, db, args.rows, args.devices, start_ms)
     stored = client.query(f"SELECT count() FROM {db}.readings").result_rows[0][0]

@@ -63,6 +63,7 @@ if str(ROOT) not in sys.path:
 from infra.mqtt_auth import with_local_credentials  # noqa: E402
 from infra.ports import free_port  # noqa: E402
 from infra.stack import PIPELINE_GROUP, SERVICES_GROUP, LocalStack  # noqa: E402
+from iotp import stats  # noqa: E402
 from iotp.settings import Settings  # noqa: E402
 from iotp.topics import redis_names  # noqa: E402
 from loadtest.probes import ProcessSampler, RedisLatencyProbe, StageCounters  # noqa: E402
@@ -72,10 +73,10 @@ from loadtest.soak import Killer, ProgramWatcher, Publisher, lag_stretches, rss_
 console = Console(width=max(Console().width, 150))
 CORES = psutil.cpu_count() or 1
 COUNTERS = {  # interval rate -> cumulative counter in the stats hash
-    "mqtt_in": "gateway.received",
-    "kafka_in": "gateway.forwarded",
-    "processed": "stream.readings",
-    "stored": "sink.readings",
+    "mqtt_in": stats.GATEWAY_RECEIVED,
+    "kafka_in": stats.GATEWAY_FORWARDED,
+    "processed": stats.STREAM_READINGS,
+    "stored": stats.SINK_READINGS,
 }
 
 
@@ -139,7 +140,6 @@ def soak_settings(state_dir: Path, kafka_storage: str | None = None) -> Settings
         kafka_bootstrap=f"127.0.0.1:{free_port()}",
         api_port=free_port(),
         gateway_metrics_port=free_port(),
-        stream_web_port=free_port(),
     )
 
 

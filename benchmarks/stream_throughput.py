@@ -32,7 +32,7 @@ from infra.kafka_admin import create_topics_sync
 from infra.ports import free_port
 from infra.stack import LocalStack, settings_env
 from iotp.kafka import make_producer
-from iotp.schema import encode_batch
+from iotp.schema import encode_batch, now_ms
 from iotp.settings import Settings
 from iotp.topics import redis_names
 
@@ -44,7 +44,7 @@ async def fill(settings: Settings, records: int, devices: int, per_record: int) 
     producer = make_producer(settings)
     await producer.start()
     seq = dict.fromkeys(range(devices), 0)
-    t0 = int(time.time() * 1000) - 3_600_000
+    t0 = now_ms() - 3_600_000
     try:
         for i in range(records):
             d = i % devices

@@ -22,7 +22,8 @@ from starlette.requests import HTTPConnection
 from dashboard_api.auth import TokenEntry, require_operator, require_token
 from dashboard_api.history_calls import History
 from dashboard_api.hub import Hub
-from dashboard_api.live import StatsSampler
+from dashboard_api.live import LiveSource, StatsSampler
+from iotp.profile_store import ProfileStore, settings_fallback
 from iotp.settings import Settings
 from iotp.topics import RedisNames
 
@@ -60,6 +61,23 @@ def get_tokens(conn: HTTPConnection) -> list[TokenEntry]:
     return conn.app.state.tokens
 
 
+def get_live(conn: HTTPConnection) -> LiveSource:
+    state = conn.app.state
+    return LiveSource.of(state.settings, state.redis, state.names)
+
+
+async def get_profile_store(conn: HTTPConnection) -> ProfileStore:
+    """The profile store of this API process (kept on the app); the first use seeds it from the profile
+    files."""
+    state = conn.app.state
+    store: ProfileStore | None = getattr(state, "profile_store", None)
+    if store is None:
+        store = ProfileStore(state.redis, state.names)
+        await store.seed(settings_fallback(state.settings))
+        state.profile_store = store
+    return store
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
 NamesDep = Annotated[RedisNames, Depends(get_names)]
@@ -68,6 +86,8 @@ HistoryDep = Annotated[History, Depends(get_history)]
 HubDep = Annotated[Hub, Depends(get_hub)]
 SamplerDep = Annotated[StatsSampler, Depends(get_sampler)]
 TokensDep = Annotated[list[TokenEntry], Depends(get_tokens)]
+LiveDep = Annotated[LiveSource, Depends(get_live)]
+ProfileStoreDep = Annotated[ProfileStore, Depends(get_profile_store)]
 #: The caller's role; 401 without a valid token (any role).
 RoleDep = Annotated[str, Depends(require_token)]
 #: The caller's role; 401 without a valid token, 403 below operator.

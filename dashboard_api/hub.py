@@ -21,12 +21,13 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import time
 from collections import deque
 from collections.abc import Hashable, Iterable
 
 import orjson
 import redis.asyncio as aioredis
+
+from iotp.schema import now_ms
 
 log = logging.getLogger("iotp.api.hub")
 
@@ -59,7 +60,7 @@ class Subscriber:
         self._queue: deque[list] = deque()  # entries [key, frame]
         self._latest: dict[Hashable, list] = {}  # key -> newest pending entry of that key
         self._wakeup = asyncio.Event()
-        self.connected_at = int(time.time() * 1000)
+        self.connected_at = now_ms()
         self.offered = 0
         self.sent = 0
         self.dropped = 0

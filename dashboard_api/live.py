@@ -12,6 +12,8 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
+from dataclasses import dataclass
+from typing import cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -28,7 +30,9 @@ from dashboard_api.models import (
     WebSocketHealth,
     parse_device_hash,
 )
+from iotp import stats
 from iotp.schema import now_ms
+from iotp.settings import Settings
 from iotp.topics import RedisNames
 
 log = logging.getLogger("iotp.api.live")
@@ -39,12 +43,27 @@ CHUNK = 500
 
 async def device_ids(redis: aioredis.Redis, names: RedisNames) -> list[str]:
     """Every device id of the fleet index, sorted by id (a stable order for pagination)."""
-    return sorted(i.decode() for i in await redis.zrange(names.fleet_index, 0, -1))
+    ids = cast(list[bytes], await redis.zrange(names.fleet_index, 0, -1))  # the app's client returns bytes
+    return sorted(i.decode() for i in ids)
 
 
-async def load_devices(app: FastAPI, ids: list[str], alert_counts: Counter | None = None) -> list[DeviceState]:
-    redis, names, settings = app.state.redis, app.state.names, app.state.settings
-    now, offline_ms = now_ms(), int(settings.api_offline_after_s * 1000)
+@dataclass(frozen=True)
+class LiveSource:
+    """Where the live state is read: the Redis client, its key names, and when a device counts as offline.
+    Routes get one from ``dashboard_api.deps.LiveDep``."""
+
+    redis: aioredis.Redis
+    names: RedisNames
+    offline_after_ms: int
+
+    @classmethod
+    def of(cls, settings: Settings, redis: aioredis.Redis, names: RedisNames) -> LiveSource:
+        return cls(redis, names, int(settings.api_offline_after_s * 1000))
+
+
+async def load_devices(src: LiveSource, ids: list[str], alert_counts: Counter | None = None) -> list[DeviceState]:
+    redis, names = src.redis, src.names
+    now, offline_ms = now_ms(), src.offline_after_ms
     out: list[DeviceState] = []
     for i in range(0, len(ids), CHUNK):
         async with redis.pipeline(transaction=False) as pipe:
@@ -65,37 +84,37 @@ async def load_devices(app: FastAPI, ids: list[str], alert_counts: Counter | Non
     return out
 
 
-async def load_acks(app: FastAPI, alert_ids: list[str]) -> dict[str, Ack]:
+async def load_acks(src: LiveSource, alert_ids: list[str]) -> dict[str, Ack]:
     if not alert_ids:
         return {}
-    raw = await app.state.redis.hmget(app.state.names.alert_acks, alert_ids)
+    raw = await src.redis.hmget(src.names.alert_acks, alert_ids)
     return {aid: Ack.model_validate_json(v) for aid, v in zip(alert_ids, raw, strict=True) if v}
 
 
-async def open_alerts(app: FastAPI) -> list[AlertOut]:
+async def open_alerts(src: LiveSource) -> list[AlertOut]:
     """Open alerts from Redis (written by the stream jobs), with their acks, newest first."""
-    raw = await app.state.redis.hgetall(app.state.names.open_alerts)
+    raw = await src.redis.hgetall(src.names.open_alerts)
     alerts: list[AlertOut] = []
     for key, value in raw.items():
         try:
             alerts.append(AlertOut.model_validate_json(value))
         except ValueError:
             log.warning("skipping malformed open alert %r", key)
-    acks = await load_acks(app, [a.alert_id for a in alerts])
+    acks = await load_acks(src, [a.alert_id for a in alerts])
     for alert in alerts:
         alert.ack = acks.get(alert.alert_id)
     alerts.sort(key=lambda a: a.last_seen, reverse=True)
     return alerts
 
 
-async def open_alert_counts(app: FastAPI) -> Counter:
-    return Counter(a.device_id for a in await open_alerts(app))
+async def open_alert_counts(src: LiveSource) -> Counter:
+    return Counter(a.device_id for a in await open_alerts(src))
 
 
-async def fleet_summary(app: FastAPI) -> FleetSummary:
-    alerts = await open_alerts(app)
+async def fleet_summary(src: LiveSource) -> FleetSummary:
+    alerts = await open_alerts(src)
     counts = Counter(a.device_id for a in alerts)
-    devices = await load_devices(app, await device_ids(app.state.redis, app.state.names), counts)
+    devices = await load_devices(src, await device_ids(src.redis, src.names), counts)
     by_type: dict[str, TypeSummary] = {}
     for d in devices:
         t = by_type.setdefault(d.device_type, TypeSummary())
@@ -135,7 +154,7 @@ class StatsSampler:
         self.samples: deque[tuple[float, dict[str, float]]] = deque(maxlen=64)
 
     async def read(self) -> tuple[float, dict[str, float]]:
-        raw = await self.redis.hgetall(self.names.stats_key)
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.names.stats_key))
         return time.monotonic(), {k.decode(): _number(v) for k, v in raw.items()}
 
     async def sample(self) -> None:
@@ -179,8 +198,8 @@ class StatsSampler:
             stages.values(),
             key=lambda s: (STAGE_ORDER.index(s.stage) if s.stage in STAGE_ORDER else len(STAGE_ORDER), s.stage),
         )
-        deadletter = {f: v for f, v in cur.items() if f == "gateway.rejected" or "deadletter" in f or "dlq" in f}
-        deadletter.setdefault("gateway.rejected", 0)
+        deadletter = {f: v for f, v in cur.items() if f == stats.GATEWAY_REJECTED or "deadletter" in f or "dlq" in f}
+        deadletter.setdefault(stats.GATEWAY_REJECTED, 0)
         return PipelineHealth(
             ts=now, window_s=round(window, 3), stages=ordered, deadletter=deadletter, websocket=WebSocketHealth(**ws)
         )
@@ -189,6 +208,7 @@ class StatsSampler:
 async def run_publisher(app: FastAPI, interval_s: float = 1.0) -> None:
     """Sample the counters every second; push pipeline health and (every 2 s) the fleet summary."""
     hub, sampler = app.state.hub, app.state.sampler
+    src = LiveSource.of(app.state.settings, app.state.redis, app.state.names)
     tick = 0
     while True:
         try:
@@ -196,7 +216,7 @@ async def run_publisher(app: FastAPI, interval_s: float = 1.0) -> None:
             if hub.wants_local("pipeline"):
                 hub.publish_local("pipeline", sampler.health(hub.stats()).model_dump(mode="json"))
             if tick % 2 == 0 and hub.wants_local("fleet"):
-                hub.publish_local("fleet", (await fleet_summary(app)).model_dump(mode="json"))
+                hub.publish_local("fleet", (await fleet_summary(src)).model_dump(mode="json"))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -8,9 +8,10 @@ from typing import Annotated, Literal
 
 from fastapi import HTTPException, Path, Query, Request
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-METRIC_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
-TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+from iotp.schema import DEVICE_ID_PATTERN, NAME_PATTERN
+
+ID_PATTERN = DEVICE_ID_PATTERN
+METRIC_PATTERN = TYPE_PATTERN = NAME_PATTERN
 ALERT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@|/+=-]{0,199}$"
 
 DeviceIdPath = Annotated[str, Path(pattern=ID_PATTERN, description="device id")]
@@ -66,7 +67,7 @@ def time_range(
     return TimeRange(start, end)
 
 
-def to_ms(value) -> int | None:
+def to_ms(value: datetime | float | None) -> int | None:
     """Epoch ms from what a query returns (epoch ms, seconds-precision datetime, or None)."""
     if value is None:
         return None

@@ -40,7 +40,8 @@ from iotp.kafka import make_producer
 from iotp.mqtt import connect, make_client
 from iotp.mqtt_asyncio import AsyncioMqtt
 from iotp.profile_store import ProfileWatcher, settings_fallback
-from iotp.schema import encode_batch, order_of, reading_id
+from iotp.retry import Backoff, retry_forever
+from iotp.schema import encode_batch, now_ms, order_of, reading_id
 from iotp.settings import Settings
 from iotp.topics import mqtt_subscription, redis_names
 
@@ -48,6 +49,8 @@ log = logging.getLogger("iotp.gateway")
 
 MAX_READINGS_PER_RECORD = 500
 SESSION_EXPIRY_S = 3600
+SEND_BACKOFF = Backoff(0.1, 5.0)  # a record send: its readings stay unacked on MQTT until it succeeds
+START_BACKOFF = Backoff(0.5, 10.0)  # the producer's first connection
 
 
 @dataclass(slots=True)
@@ -146,15 +149,15 @@ class Gateway:
     def _handle(self, msg: mqtt.MQTTMessage) -> None:
         self.counts["received"] += 1
         self.inflight += 1
-        now_ms = int(time.time() * 1000)
+        rx_ms = now_ms()
         try:
             readings = validate_payload(
-                msg.payload, now_ms, self.limits, topic_device_id(msg.topic), self.profiles, self.unknown_type
+                msg.payload, rx_ms, self.limits, topic_device_id(msg.topic), self.profiles, self.unknown_type
             )
         except Rejected as rej:
             metrics.REJECTED.labels(rej.reason.value).inc()
             self.counts["rejected"] += 1
-            self._spawn(self._dead_letter(msg, rej, now_ms))
+            self._spawn(self._dead_letter(msg, rej, rx_ms))
             return
         ticket = Ticket(msg, len(readings))
         for r in readings:
@@ -166,12 +169,12 @@ class Gateway:
                 "id": reading_id(r.device_id, r.ts, key),
                 "seq": r.seq,
                 "ts": r.ts,
-                "rx": now_ms,
+                "rx": rx_ms,
                 "metrics": r.metrics,
             }
             if r.seq is None:
                 item["k"] = key
-            if is_backfill(r.ts, now_ms, self.limits):
+            if is_backfill(r.ts, rx_ms, self.limits):
                 item["bf"] = True
                 self.counts["backfill"] += 1
             batch.readings.append(item)
@@ -199,19 +202,20 @@ class Gateway:
     async def _send_with_retry(
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None = None
     ) -> None:
-        delay = 0.1
-        while True:
+        async def attempt() -> None:
             started = time.perf_counter()
-            try:
-                fut = await self.producer.send(topic, value=value, key=key, headers=headers)
-                await fut
-                metrics.KAFKA_LATENCY.observe(time.perf_counter() - started)
-                return
-            except KafkaError as exc:
-                metrics.KAFKA_ERRORS.inc()
-                log.warning("Kafka send failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            fut = await self.producer.send(topic, value=value, key=key, headers=headers)
+            await fut
+            metrics.KAFKA_LATENCY.observe(time.perf_counter() - started)
+
+        await retry_forever(
+            attempt,
+            what="Kafka send failed",
+            retry_on=KafkaError,
+            backoff=SEND_BACKOFF,
+            log=log,
+            on_retry=lambda _exc, _delay: metrics.KAFKA_ERRORS.inc(),
+        )
 
     async def _send(self, device_id: str, value: bytes, batch: DeviceBatch) -> None:
         await self._send_with_retry(self.settings.topic_readings, value, device_id.encode())
@@ -224,12 +228,12 @@ class Gateway:
             if ticket.outstanding == 0:
                 self._ack(ticket)
 
-    async def _dead_letter(self, msg: mqtt.MQTTMessage, rej: Rejected, now_ms: int) -> None:
+    async def _dead_letter(self, msg: mqtt.MQTTMessage, rej: Rejected, rx_ms: int) -> None:
         headers = [
             ("reason", rej.reason.value.encode()),
             ("detail", rej.detail.encode()[:1000]),
             ("mqtt_topic", msg.topic.encode()),
-            ("received_ms", str(now_ms).encode()),
+            ("received_ms", str(rx_ms).encode()),
         ]
         key = rej.device_id.encode() if rej.device_id else None
         await self._send_with_retry(self.settings.topic_deadletter, bytes(msg.payload), key, headers)
@@ -346,7 +350,7 @@ class Gateway:
             pipe = client.pipeline(transaction=False)
             for name, delta in deltas.items():
                 pipe.hincrby(key, f"gateway.{name}", delta)
-            pipe.hset(key, "gateway.updated_ms", int(time.time() * 1000))
+            pipe.hset(key, "gateway.updated_ms", now_ms())
             await pipe.execute()
         except Exception as exc:  # Redis down must not stop forwarding
             metrics.REDIS_ERRORS.inc()
@@ -356,12 +360,6 @@ class Gateway:
             self._published[name] += delta
 
     async def _start_producer(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await self.producer.start()
-                return
-            except KafkaError as exc:
-                log.warning("Kafka not reachable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await retry_forever(
+            self.producer.start, what="Kafka not reachable", retry_on=KafkaError, backoff=START_BACKOFF, log=log
+        )

@@ -12,6 +12,7 @@ from enum import StrEnum
 
 import orjson
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from iotp.profiles import Profiles, UnknownTypePolicy, shipped_profiles
 from iotp.schema import SUPPORTED_VERSIONS, Reading
@@ -71,7 +72,7 @@ def _decode(raw: bytes, limits: Limits) -> object:
         raise Rejected(Reason.MALFORMED_JSON, str(exc)) from None
 
 
-def _reason_for(error: dict) -> Reason:
+def _reason_for(error: ErrorDetails) -> Reason:
     kind = error["type"]
     loc = error["loc"]
     if kind == "missing":

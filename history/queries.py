@@ -14,7 +14,7 @@ from typing import Literal
 from clickhouse_connect.driver.client import Client
 
 from history.migrations import QUANTILES, TABLES, current_ttl_days
-from iotp.schema import NO_SEQ
+from iotp.schema import NO_SEQ, now_ms
 
 Resolution = Literal["raw", "1m", "1h"]
 STEP_S = {"1m": 60, "1h": 3600}
@@ -49,13 +49,13 @@ def _range_source(client: Client, database: str, start_ms: int, end_ms: int, all
     """Table for a range aggregate: raw up to 1 h, 1 min rollups up to 12 h, 1 h rollups beyond, each only
     while the range still lies inside that table's retention (see docs/history.md for the latencies)."""
     ttl = _retention_days(client, database)
-    now_ms = int(time.time() * 1000)
+    now = now_ms()
     span = end_ms - start_ms
     raw_days = ttl.get("readings") or 7
     m1_days = ttl.get("rollup_1m") or 90
-    if allow_raw and span <= 3_600_000 and start_ms >= now_ms - raw_days * 86_400_000:
+    if allow_raw and span <= 3_600_000 and start_ms >= now - raw_days * 86_400_000:
         return "raw"
-    if span <= 12 * 3_600_000 and start_ms >= now_ms - m1_days * 86_400_000:
+    if span <= 12 * 3_600_000 and start_ms >= now - m1_days * 86_400_000:
         return "1m"
     return "1h"
 
@@ -319,12 +319,11 @@ def alert_history(
 
 def count_rows(client: Client, database: str) -> dict[str, int]:
     """Stored rows per history table (active parts; rollup rows not yet merged count separately)."""
-    rows = dict(
-        client.query(
-            "SELECT table, sum(rows) FROM system.parts WHERE database = {db:String} AND active GROUP BY table",
-            parameters={"db": database},
-        ).result_rows
+    result = client.query(
+        "SELECT table, sum(rows) FROM system.parts WHERE database = {db:String} AND active GROUP BY table",
+        parameters={"db": database},
     )
+    rows = {table: n for table, n in result.result_rows}
     return {table: int(rows.get(table, 0)) for table in TABLES}
 
 

@@ -25,6 +25,11 @@ Failures: a transient error (ClickHouse down) keeps the batch, backs off (0.5 s 
 meanwhile nothing is read or committed, so the backlog waits in Kafka. A record that cannot be decoded, or
 whose rows ClickHouse rejects (found by bisecting the block), goes to ``topic_sink_deadletter`` with a
 ``reason`` header, and is committed with the rest.
+
+This module is the consume -> buffer -> insert -> commit loop; the parts it uses: ``history.decode``
+(record -> rows), ``history.columns`` (rows -> Arrow), ``history.blocks`` (buffers and insert blocks),
+``history.inserts`` (deduplicated and bisecting inserts), ``history.plans`` (``sink_plans``) and
+``history.sink_stats`` (the Redis stats hash).
 """
 
 from __future__ import annotations
@@ -32,251 +37,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import orjson
-import pyarrow as pa
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
-from pydantic import ValidationError
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from history.blocks import Block, Buffer, Record, Target, form_blocks
+from history.columns import aggregates_arrow, alerts_arrow, readings_arrow
+from history.decode import Rejected, decode_aggregate, decode_alert, decode_readings
+from history.inserts import healthy, insert_block
+from history.plans import Plan, current_incarnation, read_plans, write_plans
+from history.sink_stats import SinkStats
 from iotp.kafka import make_consumer, make_producer
-from iotp.kafka_marks import Mark, check_marks, fingerprint
-from iotp.schema import NO_SEQ, Alert, WindowAggregate, reading_key
+from iotp.retry import Backoff, retry_forever
 from iotp.settings import Settings
 from iotp.topics import RedisNames
 
 log = logging.getLogger("iotp.sink")
 
-MS = pa.timestamp("ms", tz="UTC")
-MAX_TS_MS = 10_000_000_000_000  # year 2286, inside DateTime64(3)'s range
-READING_COLUMNS = ["device_id", "device_type", "metric", "ts", "value", "seq", "ingest_ts"]
-
-
-class Rejected(Exception):
-    """A record that cannot be stored; ``reason`` goes into the dead-letter header."""
-
-
-@dataclass(slots=True)
-class Record:
-    """One Kafka record and the rows decoded from it."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    rows: list[tuple]
-    reason: str | None = None  # why it goes to the dead-letter topic
-
-
-# --- decoding: Kafka record -> rows (tuples in the column order of the target table) ---
-
-
-def _int(value: Any, name: str, lo: int = 0, hi: int = 2**63) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value < hi:
-        raise Rejected(f"{name} is not an integer in [{lo}, {hi}): {value!r}")
-    return value
-
-
-def _str(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise Rejected(f"{name} is not a non-empty string: {value!r}")
-    return value
-
-
-def decode_readings(raw: bytes | None) -> list[tuple]:
-    """A :class:`iotp.schema.ReadingBatch` -> rows of ``readings`` (one per reading x metric).
-
-    The ``seq`` column holds the reading's key (``iotp.schema.reading_key``): the seq, or for a device that
-    sends none ``NO_SEQ | metrics hash`` (>= 2^63), so ``(device_id, ts, seq)`` is the identity in ClickHouse."""
-    try:
-        batch = orjson.loads(raw or b"")
-    except orjson.JSONDecodeError as exc:
-        raise Rejected(f"not JSON: {exc}") from None
-    if not isinstance(batch, dict) or not isinstance(batch.get("readings"), list):
-        raise Rejected("not a ReadingBatch: missing 'readings' list")
-    device_id = _str(batch.get("device_id"), "device_id")
-    device_type = _str(batch.get("device_type"), "device_type")
-    rows = []
-    for r in batch["readings"]:
-        if not isinstance(r, dict) or not isinstance(r.get("metrics"), dict):
-            raise Rejected("reading without a 'metrics' object")
-        ts = _int(r.get("ts"), "ts", 0, MAX_TS_MS)
-        rx = _int(r.get("rx", ts), "rx", 0, MAX_TS_MS)
-        seq = r.get("seq")
-        if seq is not None:
-            key = _int(seq, "seq", 0, NO_SEQ)
-        elif r.get("k") is not None:
-            key = _int(r["k"], "k", NO_SEQ, 2**64)
-        else:  # a producer that did not set the key of a seq-less reading: the same rule as the gateway
-            key = reading_key(None, r["metrics"])
-        for metric, value in r["metrics"].items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise Rejected(f"metric {metric!r} is not a finite number: {value!r}")
-            rows.append((device_id, device_type, _str(metric, "metric"), ts, float(value), key, rx))
-    return rows
-
-
-def readings_arrow(rows: list[tuple]) -> pa.Table:
-    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in READING_COLUMNS]
-    return pa.table(
-        {
-            "device_id": pa.array(cols[0], pa.string()),
-            "device_type": pa.array(cols[1], pa.string()),
-            "metric": pa.array(cols[2], pa.string()),
-            "ts": pa.array(cols[3], MS),
-            "value": pa.array(cols[4], pa.float64()),
-            "seq": pa.array(cols[5], pa.uint64()),
-            "ingest_ts": pa.array(cols[6], MS),
-        }
-    )
-
-
-AGGREGATE_FIELDS = [
-    "device_id",
-    "device_type",
-    "metric",
-    "window_s",
-    "start",
-    "end",
-    "count",
-    "min",
-    "max",
-    "mean",
-    "std",
-    "late",
-]
-
-
-def decode_aggregate(raw: bytes | None) -> list[tuple]:
-    try:
-        a = WindowAggregate.model_validate_json(raw or b"")
-    except ValidationError as exc:
-        raise Rejected(f"not a WindowAggregate: {exc.errors()[0].get('msg')} at {exc.errors()[0].get('loc')}") from None
-    for name in ("start", "end"):
-        _int(getattr(a, name), name, 0, MAX_TS_MS)
-    for name in ("min", "max", "mean", "std"):
-        if not math.isfinite(getattr(a, name)):
-            raise Rejected(f"{name} is not finite")
-    return [tuple(getattr(a, f) for f in AGGREGATE_FIELDS)]
-
-
-def aggregates_arrow(rows: list[tuple]) -> pa.Table:
-    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in AGGREGATE_FIELDS]
-    types = [
-        pa.string(),
-        pa.string(),
-        pa.string(),
-        pa.uint32(),
-        MS,
-        MS,
-        pa.uint64(),
-        pa.float64(),
-        pa.float64(),
-        pa.float64(),
-        pa.float64(),
-        pa.uint32(),
-    ]
-    return pa.table({name: pa.array(col, t) for name, col, t in zip(AGGREGATE_FIELDS, cols, types, strict=True)})
-
-
-ALERT_FIELDS = [
-    "alert_id",
-    "device_id",
-    "device_type",
-    "metric",
-    "rule",
-    "severity",
-    "state",
-    "value",
-    "expected_min",
-    "expected_max",
-    "first_seen",
-    "last_seen",
-    "resolved_at",
-    "message",
-]
-
-
-def decode_alert(raw: bytes | None) -> list[tuple]:
-    try:
-        a = Alert.model_validate_json(raw or b"")
-    except ValidationError as exc:
-        raise Rejected(f"not an Alert: {exc.errors()[0].get('msg')} at {exc.errors()[0].get('loc')}") from None
-    for name in ("first_seen", "last_seen", "resolved_at"):
-        if getattr(a, name) is not None:
-            _int(getattr(a, name), name, 0, 2**47)
-    for name in ("value", "expected_min", "expected_max"):
-        v = getattr(a, name)
-        if v is not None and not math.isfinite(v):
-            raise Rejected(f"{name} is not finite")
-    return [tuple(getattr(a, f) for f in ALERT_FIELDS)]
-
-
-def alerts_arrow(rows: list[tuple]) -> pa.Table:
-    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in ALERT_FIELDS]
-    types = [pa.string()] * 7 + [pa.float64()] * 3 + [MS] * 3 + [pa.string()]
-    return pa.table({name: pa.array(col, t) for name, col, t in zip(ALERT_FIELDS, cols, types, strict=True)})
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    table: str
-    decode: Callable[[bytes | None], list[tuple]]
-    to_arrow: Callable[[list[tuple]], pa.Table]
-    per_partition: bool  # one insert per Kafka partition with a planned, deterministic dedup token
-
-
-@dataclass
-class Buffer:
-    """Records of one Kafka partition not yet written."""
-
-    records: list[Record] = field(default_factory=list)
-    rows: int = 0
-
-    @property
-    def first(self) -> int:
-        return self.records[0].offset
-
-    @property
-    def last(self) -> int:
-        return self.records[-1].offset
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    first: int
-    last: int
-    token: str
-    fp: str = ""  # fingerprint of the record at ``last``: which incarnation of the topic the plan is about
-
-
-@dataclass
-class Block:
-    """One insert: records of one or more partitions into one table."""
-
-    target: Target
-    records: list[Record]
-    token: str | None
-    plan: tuple[TopicPartition, Plan] | None = None
+WRITE_BACKOFF = Backoff(0.5, 30.0)  # a ClickHouse call: its records stay uncommitted on Kafka until it succeeds
 
 
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, sink: ClickHouseSink) -> None:
         self.sink = sink
 
-    async def on_partitions_revoked(self, revoked) -> None:
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         self.sink._drop(set(revoked))
 
-    async def on_partitions_assigned(self, assigned) -> None:
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         await self.sink._load_plans(set(assigned))
 
 
@@ -290,7 +84,6 @@ class ClickHouseSink:
         self.redis = redis
         db = settings.clickhouse_database
         self.database = db
-        self.table = f"{db}.readings"
         self.targets = {
             settings.topic_readings: Target(f"{db}.readings", decode_readings, readings_arrow, True),
             settings.topic_aggregates: Target(f"{db}.window_aggregates", decode_aggregate, aggregates_arrow, False),
@@ -301,118 +94,50 @@ class ClickHouseSink:
         self.dead_lettered = 0
         self.retries = 0
         self.reset_discarded = 0  # plans of another topic incarnation thrown away
-        self._published_resets = 0
-        self.lag = 0  # records behind the high watermark, as last published (read by the /metrics collector)
+        self._stats = SinkStats(redis, RedisNames(settings.redis_prefix).stats_key) if redis is not None else None
         self._buffers: dict[TopicPartition, Buffer] = {}
         self._plans: dict[TopicPartition, Plan] = {}
         self._oldest = 0.0
         self._stop: asyncio.Event | None = None
-        self._consumer = None
-        self._producer = None
-        self._published_rows = 0
+        self._consumer: AIOKafkaConsumer | None = None  # both set by run()
+        self._producer: AIOKafkaProducer | None = None
         self.readings_written = 0  # readings (not rows) stored in the raw table: the load test's "stored" stage
-        self._published_readings = 0
-        self._next_stats = 0.0
 
-    # --- ClickHouse calls (sync, run in a thread) ---
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("the sink is not running")
+        return self._consumer
 
-    def _insert(self, table: str, data: pa.Table, token: str | None) -> None:
-        settings = (
-            {
-                "insert_deduplicate": 1,
-                "insert_deduplication_token": token,
-                "deduplicate_blocks_in_dependent_materialized_views": 1,
-            }
-            if token
-            else None
-        )
-        self.client.insert_arrow(table, data, settings=settings)
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("the sink is not running")
+        return self._producer
 
-    def _insert_block(self, block: Block, allow_total_reject: bool) -> list[tuple[Record, str]]:
-        """Insert a block, bisecting it on a data error; return the records ClickHouse rejected.
-
-        If every part of the block fails the error is taken for an outage and raised (so the caller backs
-        off and retries), unless ``allow_total_reject`` (the same block failed repeatedly while ClickHouse
-        answers other statements)."""
-        rejected: list[tuple[Record, str]] = []
-
-        def attempt(records: list[Record], token: str | None) -> bool:
-            try:
-                rows = [row for r in records for row in r.rows]
-                if rows:
-                    self._insert(block.target.table, block.target.to_arrow(rows), token)
-                return True
-            except DatabaseError as exc:
-                if isinstance(exc, OperationalError):
-                    raise
-                if len(records) == 1:
-                    rejected.append((records[0], f"rejected by ClickHouse: {str(exc)[:400]}"))
-                    return False
-                mid = len(records) // 2
-                ok_left = attempt(records[:mid], f"{token}/0" if token else None)
-                ok_right = attempt(records[mid:], f"{token}/1" if token else None)
-                return ok_left or ok_right
-
-        try:
-            self._insert(
-                block.target.table, block.target.to_arrow([row for r in block.records for row in r.rows]), block.token
-            )
-            return []
-        except OperationalError:
-            raise
-        except DatabaseError as first_error:
-            if len(block.records) > 1 and attempt(block.records, block.token):
-                return rejected
-            if allow_total_reject:
-                return [(r, f"rejected by ClickHouse: {str(first_error)[:400]}") for r in block.records]
-            raise
-
-    def _write_plans(self, plans: list[tuple[TopicPartition, Plan]]) -> None:
-        rows = [[self.settings.sink_group, tp.topic, tp.partition, p.first, p.last, p.token, p.fp] for tp, p in plans]
-        self.client.insert(
-            f"{self.database}.sink_plans",
-            rows,
-            column_names=["group_id", "topic", "partition", "first_offset", "last_offset", "token", "last_fp"],
-        )
-
-    def _read_plans(self, tps: list[TopicPartition]) -> dict[TopicPartition, Plan]:
-        result = self.client.query(
-            "SELECT topic, partition, argMax(first_offset, (created, last_offset)), "
-            "argMax(last_offset, (created, last_offset)), argMax(token, (created, last_offset)), "
-            "argMax(last_fp, (created, last_offset)) "
-            f"FROM {self.database}.sink_plans WHERE group_id = {{g:String}} "
-            "AND topic IN {topics:Array(String)} GROUP BY topic, partition",
-            parameters={"g": self.settings.sink_group, "topics": sorted({tp.topic for tp in tps})},
-        )
-        wanted = set(tps)
-        out = {}
-        for topic, partition, first, last, token, fp in result.result_rows:
-            tp = TopicPartition(topic, partition)
-            if tp in wanted:
-                out[tp] = Plan(first, last, token, fp)
-        return out
-
-    def _healthy(self) -> bool:
-        try:
-            self.client.command("SELECT 1")
-            return True
-        except Exception:
-            return False
+    # --- ClickHouse calls: sync, run in a worker thread, retried ---
 
     async def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
         """Call ``fn`` in a thread until it succeeds, backing off; raise CancelledError if stopping."""
-        delay = 0.5
-        while True:
-            try:
-                return await asyncio.to_thread(fn)
-            except (ClickHouseError, OSError) as exc:
-                self.retries += 1
-                log.warning("%s failed (%s); retrying in %.1fs", what, str(exc)[:300], delay)
-                if self._stop is not None and self._stop.is_set():
-                    raise asyncio.CancelledError(f"stopping with {what} unwritten") from exc
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay) if self._stop else await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+
+        def on_retry(exc: BaseException, _delay: float) -> None:
+            self.retries += 1
+            if self._stop is not None and self._stop.is_set():
+                raise asyncio.CancelledError(f"stopping with {what} unwritten") from exc
+
+        async def pause(delay: float) -> None:  # cut short by stop(): one last attempt, then give up
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay) if self._stop else await asyncio.sleep(delay)
+
+        return await retry_forever(
+            lambda: asyncio.to_thread(fn),
+            what=f"{what} failed",
+            retry_on=(ClickHouseError, OSError),
+            backoff=WRITE_BACKOFF,
+            log=log,
+            on_retry=on_retry,
+            sleep=pause,
+        )
 
     # --- partition bookkeeping ---
 
@@ -425,10 +150,12 @@ class ClickHouseSink:
         readings = [tp for tp in tps if tp.topic == self.settings.topic_readings]
         if not readings:
             return
-        plans = await self._retrying("reading sink plans", lambda: self._read_plans(readings))
-        plans = await self._current_incarnation(plans)
+        db, group = self.database, self.settings.sink_group
+        found = await self._retrying("reading sink plans", lambda: read_plans(self.client, db, group, readings))
+        plans = await current_incarnation(self.settings, found)
+        self.reset_discarded += len(found) - len(plans)
         for tp, plan in plans.items():
-            committed = await self._consumer.committed(tp)
+            committed = await self.consumer.committed(tp)
             start = plan.first if committed is None else committed
             if plan.first == start <= plan.last:
                 log.info("replaying planned block %s[%d..%d] with its token", tp, plan.first, plan.last)
@@ -436,39 +163,9 @@ class ClickHouseSink:
             else:
                 self._plans.pop(tp, None)
 
-    async def _current_incarnation(self, plans: dict[TopicPartition, Plan]) -> dict[TopicPartition, Plan]:
-        """The plans whose last record is still in Kafka with the same fingerprint. The others are about
-        another incarnation of the topic (wiped broker, recreated topic): replaying their tokens would make
-        ClickHouse drop new records as duplicates, so they are discarded, loudly."""
-        if not plans:
-            return plans
-        marks = {tp: Mark(p.last + 1, p.fp) for tp, p in plans.items()}
-        verdicts = await check_marks(self.settings, marks)
-        for _ in range(2):  # the broker did not answer in time (busy, restarting): ask again before giving up
-            unknown = {tp: marks[tp] for tp, v in verdicts.items() if v.unknown}
-            if not unknown:
-                break
-            verdicts.update(await check_marks(self.settings, unknown))
-        kept = {}
-        for tp, plan in plans.items():
-            verdict = verdicts[tp]
-            if verdict.valid:
-                kept[tp] = plan
-                continue
-            self.reset_discarded += 1
-            log.warning(
-                "discarding the sink plan %s[%d..%d] (token %s): %s; the partition is written with new tokens",
-                tp,
-                plan.first,
-                plan.last,
-                plan.token,
-                verdict.reason,
-            )
-        return kept
-
     # --- the loop ---
 
-    async def _add(self, message) -> None:
+    async def _add(self, message: ConsumerRecord) -> None:
         tp = TopicPartition(message.topic, message.partition)
         plan = self._plans.get(tp)
         if plan is not None and message.offset > plan.last:
@@ -509,50 +206,28 @@ class ClickHouseSink:
         plan = self._plans.get(tp)
         return bool(buffer.records) and (plan is None or buffer.last >= plan.last)
 
-    def _blocks(self, tps: list[TopicPartition]) -> list[Block]:
-        blocks: list[Block] = []
-        shared: dict[str, list[Record]] = {}
-        for tp in tps:
-            buffer = self._buffers[tp]
-            target = self.targets[tp.topic]
-            good = [r for r in buffer.records if r.rows]
-            if target.per_partition:
-                plan = self._plans.get(tp)
-                if plan is None:
-                    first, last = buffer.records[0], buffer.records[-1]
-                    token = f"{tp.topic}:{tp.partition}:{first.offset}-{last.offset}:{first.timestamp}-{last.timestamp}"
-                    plan = Plan(first.offset, last.offset, token, fingerprint(last.timestamp, last.value))
-                    blocks.append(Block(target, good, token, (tp, plan)))
-                else:
-                    blocks.append(Block(target, good, plan.token))
-            else:
-                shared.setdefault(tp.topic, []).extend(good)
-        for topic, records in shared.items():
-            if records:
-                blocks.append(Block(self.targets[topic], records, None))
-        return blocks
-
     async def flush(self) -> None:
         """Write the buffered partitions, then commit them; on a lost generation, rewind to the committed
         offsets. A partition still short of its replayed block's end stays buffered."""
         tps = [tp for tp, b in self._buffers.items() if self._ready(tp, b)]
         if not tps:
             return
-        blocks = self._blocks(tps)
+        blocks = form_blocks(tps, self._buffers, self.targets, self._plans)
         new_plans = [b.plan for b in blocks if b.plan is not None]
         if new_plans:
-            await self._retrying("writing sink plans", lambda: self._write_plans(new_plans))
+            db, group = self.database, self.settings.sink_group
+            await self._retrying("writing sink plans", lambda: write_plans(self.client, db, group, new_plans))
         dead = [(r, r.reason) for tp in tps for r in self._buffers[tp].records if r.reason is not None]
         for block in blocks:
             if not block.records:
                 continue
             attempts = 0
 
-            def write(block=block) -> list[tuple[Record, str]]:
+            def write(block: Block = block) -> list[tuple[Record, str]]:
                 nonlocal attempts
                 attempts += 1
-                allow = attempts >= 4 and self._healthy()
-                return self._insert_block(block, allow_total_reject=allow)
+                allow = attempts >= 4 and healthy(self.client)
+                return insert_block(self.client, block, allow_total_reject=allow)
 
             dead.extend(
                 await self._retrying(f"insert of {len(block.records)} records into {block.target.table}", write)
@@ -569,17 +244,17 @@ class ClickHouseSink:
         self._oldest = time.monotonic()
         log.debug("flushed %d blocks (%d rows); committing %s", len(blocks), rows, offsets)
         try:
-            await self._consumer.commit(offsets)
+            await self.consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
             # Written but not committed: the partitions are re-read from the committed offsets, and the plans
             # make the re-formed blocks carry the same tokens, so ClickHouse drops them.
             log.warning("commit failed after insert (%s); rewinding to the committed offsets", exc)
             self._plans.clear()
             self._buffers.clear()
-            assigned = set(self._consumer.assignment())
+            assigned = set(self.consumer.assignment())
             try:
                 if assigned:
-                    await self._consumer.seek_to_committed(*assigned)
+                    await self.consumer.seek_to_committed(*assigned)
                     await self._load_plans(assigned)
             except (KafkaError, AssertionError) as rewind_error:
                 # a rebalance is under way: the new assignment resets positions and loads the plans
@@ -606,7 +281,7 @@ class ClickHouseSink:
                 ("source_offset", str(record.offset).encode()),
             ]
             futures.append(
-                await self._producer.send(
+                await self.producer.send(
                     self.settings.topic_sink_deadletter, record.value, key=record.key, headers=headers
                 )
             )
@@ -615,35 +290,13 @@ class ClickHouseSink:
         log.warning("dead-lettered %d records (first reason: %s)", len(dead), dead[0][1])
 
     async def _publish_stats(self) -> None:
-        now = time.monotonic()
-        if self.redis is None or now < self._next_stats:
-            return
-        self._next_stats = now + 1.0
-        try:
-            lag = 0
-            for tp in self._consumer.assignment():
-                high = self._consumer.highwater(tp)
-                if high is not None:
-                    lag += max(0, high - await self._consumer.position(tp))
-            key = RedisNames(self.settings.redis_prefix).stats_key
-            delta = self.rows_written - self._published_rows
-            readings = self.readings_written - self._published_readings
-            resets = self.reset_discarded - self._published_resets
-            pipe = self.redis.pipeline(transaction=False)
-            if delta:
-                pipe.hincrby(key, "sink.rows", delta)
-            if readings:
-                pipe.hincrby(key, "sink.readings", readings)
-            if resets:
-                pipe.hincrby(key, "sink.reset_discarded", resets)
-            pipe.hset(key, mapping={"sink.lag": lag, "sink.updated_ms": int(time.time() * 1000)})
-            self.lag = lag
-            await pipe.execute()
-            self._published_rows += delta
-            self._published_readings += readings
-            self._published_resets += resets
-        except Exception as exc:
-            log.debug("publishing sink stats failed: %s", exc)
+        if self._stats is not None:
+            await self._stats.publish(self.consumer, self.rows_written, self.readings_written, self.reset_discarded)
+
+    @property
+    def lag(self) -> int:
+        """Records behind the high watermark, as last published (read by the /metrics collector)."""
+        return self._stats.lag if self._stats is not None else 0
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop

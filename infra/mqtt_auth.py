@@ -29,11 +29,11 @@ import json
 import os
 import re
 import secrets
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from iotp.schema import DEVICE_ID_PATTERN, NAME_PATTERN, now_ms
 from iotp.settings import Settings
 
 GATEWAY = "iotp-gateway"
@@ -42,8 +42,8 @@ SERVICE_ACCOUNTS = (GATEWAY, SIMULATOR)
 ROLES = {"gateway": GATEWAY, "simulator": SIMULATOR}
 REFERENCE_TOPICS = "iotp-ref/#"  # loadtest/reference.py: broker limit measured with the C clients
 # The reading schema's device id (iotp.schema.DeviceId): no MQTT wildcard, '/' or ':' can appear in it.
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-DEVICE_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+DEVICE_TYPE_RE = re.compile(NAME_PATTERN)
 PBKDF2_ITERATIONS = 1000  # Mosquitto reads the count from each hash; its own tool defaults to 101
 
 
@@ -186,7 +186,7 @@ class MqttAuth:
             devices[device_id] = {
                 "type": device_type,
                 "hash": hash_password(password),
-                "created_ms": int(time.time() * 1000),
+                "created_ms": now_ms(),
             }
             _write_private(self.devices_file, json.dumps(devices, indent=1))
             self._write_broker_files(self._read(self.services_file), devices)

@@ -118,9 +118,9 @@ async def check_marks(settings: Settings, marks: dict[TopicPartition, Mark], tim
                         consumer.seek(tp, mark.offset - 1)
                 continue
             for tp, records in batch.items():
-                mark = todo.get(tp)
-                if mark is None:
+                if tp not in todo:
                     continue
+                mark = todo[tp]
                 record = next((r for r in records if r.offset == mark.offset - 1), None)
                 hw = consumer.highwater(tp)
                 if record is None:

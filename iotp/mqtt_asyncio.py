@@ -20,10 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
+from iotp.retry import Backoff, retry_forever
+
 if TYPE_CHECKING:
     from paho.mqtt.client import SocketLike
 
 log = logging.getLogger("iotp.mqtt")
+
+
+class _Closing(Exception):
+    """Raised inside a connect attempt once :meth:`AsyncioMqtt.close` was called: stop retrying."""
 
 
 class AsyncioMqtt:
@@ -35,6 +41,7 @@ class AsyncioMqtt:
         self._connect = connect
         self.loop = asyncio.get_running_loop()
         self.min_backoff, self.max_backoff = min_backoff, max_backoff
+        self._backoff = Backoff(min_backoff, max_backoff)
         self._sock: SocketLike | None = None
         self._paused = False
         self._closing = False
@@ -79,28 +86,31 @@ class AsyncioMqtt:
 
     # ------------------------------------------------------------------- control
     async def connect(self) -> None:
-        """Connect, retrying with backoff until the broker answers."""
-        delay = self.min_backoff
-        while not self._closing:
-            try:
-                self._connect()
-                return
-            except OSError as exc:
-                log.warning("MQTT not reachable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
+        """Connect, retrying with backoff until the broker answers (or :meth:`close` is called)."""
+
+        async def attempt() -> None:
+            if self._closing:
+                raise _Closing
+            self._connect()
+
+        with contextlib.suppress(_Closing):
+            await retry_forever(attempt, what="MQTT not reachable", retry_on=OSError, backoff=self._backoff, log=log)
 
     async def _reconnect_loop(self) -> None:
-        delay = self.min_backoff
-        while not self._closing and self._sock is None:
-            await asyncio.sleep(delay)
-            try:
-                self.client.reconnect()
-                log.info("MQTT reconnected")
-                return
-            except OSError as exc:
-                log.warning("MQTT reconnect failed (%s); retrying in %.1fs", exc, delay)
-                delay = min(delay * 2, self.max_backoff)
+        """Reconnect after a lost connection: wait ``min_backoff`` first, then try with backoff."""
+
+        async def attempt() -> None:
+            if self._closing or self._sock is not None:
+                raise _Closing
+            self.client.reconnect()
+            log.info("MQTT reconnected")
+
+        if self._closing or self._sock is not None:
+            return
+        await asyncio.sleep(self.min_backoff)
+        again = Backoff(min(self.min_backoff * 2, self.max_backoff), self.max_backoff)
+        with contextlib.suppress(_Closing):
+            await retry_forever(attempt, what="MQTT reconnect failed", retry_on=OSError, backoff=again, log=log)
 
     def pause_reading(self) -> None:
         if not self._paused:

@@ -26,7 +26,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+from iotp.schema import NAME_PATTERN
+
 TypeName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 MetricName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Severity = Literal["info", "warning", "critical"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypedDict
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -34,8 +34,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 SCHEMA_VERSION: Literal[1] = 1
 SUPPORTED_VERSIONS = frozenset({1})
 
-DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-MetricName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+# The one definition of each name pattern (API parameters, profiles and MQTT auth use these).
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # no MQTT wildcard, '/' or ':' (reading ids)
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"  # device types, metric names, rule names
+
+DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
+MetricName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 
 class Reading(BaseModel):
@@ -45,7 +49,7 @@ class Reading(BaseModel):
 
     v: Literal[1] = SCHEMA_VERSION
     device_id: DeviceId
-    device_type: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    device_type: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
     seq: int | None = Field(None, ge=0, lt=2**63, description="optional per-device counter (resets on reboot)")
     ts: int = Field(ge=0, lt=2**47, description="sensor time, epoch milliseconds UTC")
     metrics: dict[MetricName, float] = Field(min_length=1, max_length=64)
@@ -175,3 +179,47 @@ class Alert(BaseModel):
     last_seen: int = Field(description="epoch ms")
     resolved_at: int | None = None
     message: str = ""
+
+
+# The same two contracts as the stream jobs build them: plain dicts at runtime (a pydantic model per window
+# or alert event would cost the hot path), typed for mypy. Build them by calling the TypedDict with
+# keywords -- ``AlertEvent(v=SCHEMA_VERSION, ...)`` -- so a missing or misspelt field is a type error;
+# tests/iotp/test_schema_events.py holds them to the pydantic models' fields.
+
+
+class WindowAggregateEvent(TypedDict):
+    """A :class:`WindowAggregate`, as ``stream_jobs.windows`` emits it."""
+
+    v: Literal[1]
+    device_id: str
+    device_type: str
+    metric: str
+    window_s: int
+    start: int
+    end: int
+    count: int
+    min: float
+    max: float
+    mean: float
+    std: float
+    late: int
+
+
+class AlertEvent(TypedDict):
+    """An :class:`Alert`, as ``stream_jobs.detectors`` emits it."""
+
+    v: Literal[1]
+    alert_id: str
+    device_id: str
+    device_type: str
+    metric: str | None
+    rule: str
+    severity: Severity
+    state: AlertState
+    value: float | None
+    expected_min: float | None
+    expected_max: float | None
+    first_seen: int
+    last_seen: int
+    resolved_at: int | None
+    message: str

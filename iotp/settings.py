@@ -116,7 +116,6 @@ class Settings(BaseSettings):
 
     # --- Stream jobs (Faust) ---
     stream_app_id: str = "iotp-stream"
-    stream_web_port: int = 6066
     stream_metrics_port: int = Field(
         9118, ge=0, description="Prometheus /metrics of stream worker N on this port + N; 0 = off"
     )

@@ -75,7 +75,8 @@ class RedisNames:
 
     @property
     def stats_key(self) -> str:
-        """Hash of pipeline counters, fields ``<stage>.<counter>``: cumulative integers (HINCRBY) such as
+        """Hash of pipeline counters (field names: :mod:`iotp.stats`), fields ``<stage>.<counter>``:
+        cumulative integers (HINCRBY) such as
         ``gateway.received``, ``gateway.forwarded``, ``gateway.rejected``, ``stream.records``,
         ``stream.readings``, ``stream.aggregates``, ``stream.alerts``, ``sink.rows``; and latest values
         (HSET) ``<stage>.lag`` (records behind the high watermark) and ``<stage>.updated_ms``."""

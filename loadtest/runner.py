@@ -37,16 +37,17 @@ import orjson
 import redis
 import yaml
 
+from iotp import stats
 from iotp.settings import Settings
 from iotp.topics import redis_names
 from loadtest.probes import RedisLatencyProbe, StageCounters, WindowSampler
 
 STATS_LAG_S = 1.5
 STAGES = {  # stage -> cumulative counter in the Redis stats hash (MQTT messages for mqtt_in, else readings)
-    "mqtt_in": "gateway.received",
-    "kafka_in": "gateway.forwarded",
-    "processed": "stream.readings",
-    "stored": "sink.readings",
+    "mqtt_in": stats.GATEWAY_RECEIVED,
+    "kafka_in": stats.GATEWAY_FORWARDED,
+    "processed": stats.STREAM_READINGS,
+    "stored": stats.SINK_READINGS,
 }
 
 
@@ -175,7 +176,7 @@ class LoadTest:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             counters = self.counters.read()
-            if counters.get("stream.lag", 0) == 0 and counters.get("sink.lag", 0) == 0:
+            if counters.get(stats.STREAM_LAG, 0) == 0 and counters.get(stats.SINK_LAG, 0) == 0:
                 return True
             time.sleep(1.0)
         return False

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from infra.supervisor import Supervisor
+from iotp.schema import now_ms
 from iotp.settings import Settings
 from loadtest.probes import ProcessSampler
 
@@ -85,7 +86,7 @@ class Publisher:
     def __init__(
         self, settings: Settings, prefix: str, devices: int, rate: float, duration: float, parts: int = 1
     ) -> None:
-        self.seq0 = int(time.time() * 1000)
+        self.seq0 = now_ms()
         ctx = mp.get_context("spawn")
         self.out = ctx.Queue()
         self.parts = parts

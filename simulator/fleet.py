@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
 
 from iotp.profiles import Profiles, shipped_profiles
+from iotp.schema import now_ms
 from simulator.signals import DeviceSignal, new_signal
 
 DEFAULT_MIX = {"climate": 0.4, "vibration": 0.3, "power": 0.3}
@@ -78,7 +78,7 @@ def build_fleet(
     if unknown:
         raise ValueError(f"device types without a profile: {unknown}; known: {', '.join(sorted(profiles))}")
     weights = [mix[t] for t in types]
-    seq0 = int(time.time() * 1000) if seq0 is None else seq0
+    seq0 = now_ms() if seq0 is None else seq0
     devices = []
     for i in range(count):
         device_type = rng.choices(types, weights)[0]

@@ -22,12 +22,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
 
 from iotp.mqtt import connect, make_client
 from iotp.profiles import Profiles, parse_profile
+from iotp.schema import now_ms
 from iotp.settings import Settings
 from iotp.topics import mqtt_topic
 from simulator.anomalies import AnomalyInjector
@@ -117,6 +119,98 @@ def _split_count(count: int | None, index: int, workers: int) -> int | None:
     return count // workers + (1 if index < count % workers else 0)
 
 
+class _Acks:
+    """QoS 1 accounting: message id -> good readings it carries, until its PUBACK. The PUBACK can be handled
+    (paho's network thread) before publish() returned the id to us, hence ``acked_early`` and the lock."""
+
+    def __init__(self, stats: PublishStats) -> None:
+        self.stats = stats
+        self.pending: dict[int, int] = {}
+        self.acked_early: set[int] = set()
+        self.lock = threading.Lock()
+
+    def on_publish(
+        self, client: mqtt.Client, userdata: object, mid: int, reason_code: object, properties: object
+    ) -> None:
+        with self.lock:
+            good = self.pending.pop(mid, None)
+            if good is None:
+                self.acked_early.add(mid)
+            else:
+                self.stats.confirmed += good
+
+    def sent(self, mid: int, good: int) -> None:
+        """``publish()`` returned ``mid`` for a message carrying ``good`` readings."""
+        with self.lock:
+            if mid in self.acked_early:
+                self.acked_early.discard(mid)
+                self.stats.confirmed += good
+            else:
+                self.pending[mid] = good
+
+
+def _connect(settings: Settings, opts: PublishOptions, stats: PublishStats, acks: _Acks | None) -> mqtt.Client:
+    """A connected client with paho's network thread running (reconnects are counted in ``stats``)."""
+    client = make_client(settings, opts.client_id, clean_start=not opts.persistent)
+    connected = threading.Event()
+
+    def on_connect(client: mqtt.Client, userdata: object, flags: object, reason_code: Any, properties: object) -> None:
+        if not reason_code.is_failure:
+            if connected.is_set():
+                stats.reconnects += 1
+            connected.set()
+
+    client.on_connect = on_connect
+    if acks is not None:
+        client.on_publish = acks.on_publish
+    connect(client, settings, session_expiry_s=opts.session_expiry_s if opts.persistent else 0)
+    client.loop_start()
+    if not connected.wait(15):
+        client.loop_stop()
+        raise ConnectionError(
+            f"MQTT broker {settings.mqtt_host}:{settings.mqtt_port} did not accept the connection within 15 s"
+        )
+    return client
+
+
+def _readings(
+    device: Device, n: int, interval_ms: float, injector: AnomalyInjector | None, stats: PublishStats
+) -> list[dict]:
+    """The next ``n`` readings of ``device``, sensor timestamps ``interval_ms`` apart ending now; readings of
+    a device in a dropout are counted as suppressed."""
+    wall_ms = now_ms()
+    readings = []
+    for k in range(n):
+        r = emit(device, int(wall_ms - (n - 1 - k) * interval_ms), injector)
+        if r is None:
+            stats.suppressed += 1
+        else:
+            readings.append(r)
+    stats.readings += n
+    return readings
+
+
+def _payload(
+    readings: list[dict], batch: int, opts: PublishOptions, rng: random.Random, max_bytes: int, stats: PublishStats
+) -> tuple[bytes, int]:
+    """The message body and how many good readings it carries (0 for a deliberately malformed one)."""
+    if opts.malformed_fraction and rng.random() < opts.malformed_fraction:
+        stats.malformed += 1
+        return random_corruption(readings[0], rng, max_bytes), 0
+    stats.published += len(readings)
+    return orjson.dumps(readings[0] if batch == 1 else readings), len(readings)
+
+
+def _close(client: mqtt.Client, qos: int, stats: PublishStats) -> None:
+    """Flush the socket and wait (up to 60 s) for the outstanding PUBACKs, then disconnect."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (client.want_write() or (qos and client._out_messages)):
+        time.sleep(0.01)
+    stats.unconfirmed_messages = len(client._out_messages) if qos else 0
+    client.disconnect()
+    client.loop_stop()
+
+
 def run_publisher(
     settings: Settings,
     devices: list[Device],
@@ -139,40 +233,8 @@ def run_publisher(
     stop = stop or threading.Event()
     stats = PublishStats(target_rate=rate)
     rng = random.Random(f"{seed}:malformed:{devices[0].device_id if devices else ''}")
-
-    client = make_client(settings, opts.client_id, clean_start=not opts.persistent)
-    connected = threading.Event()
-
-    def on_connect(client, userdata, flags, reason_code, properties):
-        if not reason_code.is_failure:
-            if connected.is_set():
-                stats.reconnects += 1
-            connected.set()
-
-    # QoS 1 accounting: message id -> good readings it carries, until its PUBACK. The PUBACK can be handled
-    # (paho's network thread) before publish() returned the id to us, hence ``acked_early`` and the lock.
-    pending: dict[int, int] = {}
-    acked_early: set[int] = set()
-    ack_lock = threading.Lock()
-
-    def on_publish(client, userdata, mid, reason_code, properties):
-        with ack_lock:
-            good = pending.pop(mid, None)
-            if good is None:
-                acked_early.add(mid)
-            else:
-                stats.confirmed += good
-
-    client.on_connect = on_connect
-    if qos:
-        client.on_publish = on_publish
-    connect(client, settings, session_expiry_s=opts.session_expiry_s if opts.persistent else 0)
-    client.loop_start()
-    if not connected.wait(15):
-        client.loop_stop()
-        raise ConnectionError(
-            f"MQTT broker {settings.mqtt_host}:{settings.mqtt_port} did not accept the connection within 15 s"
-        )
+    acks = _Acks(stats) if qos else None
+    client = _connect(settings, opts, stats, acks)
 
     topics = {d.device_id: mqtt_topic(settings, d.device_type, d.device_id) for d in devices}
     device_interval_ms = 1000.0 * len(devices) / rate
@@ -196,33 +258,13 @@ def run_publisher(
             device = devices[i % len(devices)]
             i += 1
             n = batch if count is None else min(batch, count - stats.readings)
-            now_ms = int(time.time() * 1000)
-            readings = []
-            for k in range(n):
-                r = emit(device, int(now_ms - (n - 1 - k) * device_interval_ms), injector)
-                if r is None:
-                    stats.suppressed += 1
-                else:
-                    readings.append(r)
-            stats.readings += n
+            readings = _readings(device, n, device_interval_ms, injector, stats)
             next_at += msg_interval * n / batch
             if readings:
-                if opts.malformed_fraction and rng.random() < opts.malformed_fraction:
-                    payload = random_corruption(readings[0], rng, settings.gateway_max_payload_bytes)
-                    stats.malformed += 1
-                    good = 0
-                else:
-                    payload = orjson.dumps(readings[0] if batch == 1 else readings)
-                    stats.published += len(readings)
-                    good = len(readings)
+                payload, good = _payload(readings, batch, opts, rng, settings.gateway_max_payload_bytes, stats)
                 info = client.publish(topics[device.device_id], payload, qos=qos)
-                if qos:
-                    with ack_lock:
-                        if info.mid in acked_early:
-                            acked_early.discard(info.mid)
-                            stats.confirmed += good
-                        else:
-                            pending[info.mid] = good
+                if acks is not None:
+                    acks.sent(info.mid, good)
                 else:
                     stats.confirmed += good
                 stats.messages += 1
@@ -237,14 +279,9 @@ def run_publisher(
                     on_tick(stats)
     finally:
         end = time.monotonic()
-        deadline = end + 60
-        while time.monotonic() < deadline and (client.want_write() or (qos and client._out_messages)):
-            time.sleep(0.01)  # flush the socket / wait for PUBACKs
-        stats.unconfirmed_messages = len(client._out_messages) if qos else 0
-        client.disconnect()
-        client.loop_stop()
+        _close(client, qos, stats)
         if injector is not None:
-            injector.close(int(time.time() * 1000))
+            injector.close(now_ms())
     stats.elapsed = max(end - started, 1e-9)
     stats.behind_s = max(0.0, end - next_at)
     stats.anomalies = len(injector.truth) if injector else 0
@@ -365,7 +402,7 @@ def run_scenario(
     """Run the scenario with ``workers`` processes (1 = in this process); aggregated stats. ``profiles``:
     the device profiles of the fleet (default: the shipped ones)."""
     stop = stop or threading.Event()
-    seq0 = int(time.time() * 1000)
+    seq0 = now_ms()
     start_ms = seq0
     if options.truth_file:
         Path(options.truth_file).parent.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,10 @@ import orjson
 import redis.asyncio as aioredis
 from faust.types import TP
 
+from iotp import stats
 from iotp.kafka_marks import check_marks
 from iotp.profile_store import ProfileWatcher, settings_fallback
+from iotp.retry import Backoff, retry_forever
 from iotp.schema import now_ms
 from iotp.settings import Settings, get_settings
 from iotp.topics import redis_names
@@ -40,21 +42,9 @@ from stream_jobs.redis_state import RedisWriter
 
 log = logging.getLogger("iotp.stream")
 
-STAT_FIELDS = (
-    "stream.records",
-    "stream.readings",
-    "stream.aggregates",
-    "stream.alerts",
-    "stream.late",
-    "stream.dropped_late",
-    "stream.duplicates",
-    "stream.out_of_order",
-    "stream.backfill",
-    "stream.replay_skipped",
-    "stream.reset_discarded",
-    "stream.snapshot_behind",
-    "stream.invalid",
-)
+FLUSH_BACKOFF = Backoff(0.1, 5.0)  # the effects of acked-after-flush records: never given up
+
+STAT_FIELDS = stats.STREAM_COUNTERS  # stream_jobs.cli exports them to Prometheus
 
 
 class StreamJob:
@@ -300,15 +290,9 @@ class StreamJob:
         stalls the worker instead (backpressure), and a repeated write is idempotent."""
         if not fx:
             return
-        delay = 0.1
-        while True:
-            try:
-                await self._write(fx)
-                return
-            except Exception as exc:
-                log.warning("flush failed, retrying in %.1fs: %r", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await retry_forever(
+            lambda: self._write(fx), what="flush failed", retry_on=Exception, backoff=FLUSH_BACKOFF, log=log
+        )
 
     async def _write(self, fx: Effects) -> None:
         c = self.engine.counters

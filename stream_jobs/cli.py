@@ -24,13 +24,14 @@ def stream(
     from prometheus_client import REGISTRY
 
     from iotp.metrics_server import serve_metrics
-    from stream_jobs.app import STAT_FIELDS, app
+    from stream_jobs.app import STAT_FIELDS, StreamJob, app
     from stream_jobs.metrics import StreamCollector
 
-    settings = app.stream_job.settings
+    job: StreamJob = app.stream_job  # type: ignore[attr-defined]  # set on the Faust app by stream_jobs.app
+    settings = job.settings
     if metrics_port is None:  # the setting is the first worker's port; 0 turns all of them off
         metrics_port = settings.stream_metrics_port + index if settings.stream_metrics_port else 0
     if metrics_port:
-        REGISTRY.register(StreamCollector(app.stream_job, STAT_FIELDS))
+        REGISTRY.register(StreamCollector(job, STAT_FIELDS))
         serve_metrics(metrics_port, settings.metrics_host, logging.getLogger("iotp.stream"))
     Worker(app, loglevel=loglevel).execute_from_commandline()

@@ -28,12 +28,14 @@ import math
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from iotp.profiles import MetricProfile, Profiles, expected_interval_ms, shipped_profiles
+from iotp.schema import SCHEMA_VERSION, AlertEvent, AlertState, Severity
 
-SEVERITY = {
+SEVERITY: dict[str, Severity] = {
     "threshold": "warning",
     "zscore": "warning",
     "drift": "warning",
@@ -67,7 +69,7 @@ class MetricRule:
     min: float | None = None
     max: float | None = None
     max_rate: float | None = None
-    severity: str = "warning"
+    severity: Severity = "warning"
     zscore: bool = True
     drift: bool = True
     flatline: bool = True
@@ -106,7 +108,7 @@ def _rule(o: dict, spec: MetricProfile | None) -> MetricRule:
     """A metric's rule: the rules-file override ``o`` over the profile's threshold over its normal range."""
     t = spec.threshold if spec is not None else None
 
-    def pick(name: str, profile_value, default=None):
+    def pick(name: str, profile_value: Any, default: Any = None) -> Any:
         if name in o:
             return o[name]
         return profile_value if profile_value is not None else default
@@ -140,7 +142,7 @@ def metric_rules(profiles: Profiles, overrides: dict | None = None) -> dict[tupl
     return metrics
 
 
-def load_rules(path: Path | str | None = None, profiles: Profiles | None = None, **param_overrides) -> RuleSet:
+def load_rules(path: Path | str | None = None, profiles: Profiles | None = None, **param_overrides: Any) -> RuleSet:
     """Detector parameters from the rules YAML (default: the packaged ``stream_jobs/rules/rules.yaml``) and
     per-metric rules from the device ``profiles`` (default: the shipped ones), with the rules file's
     optional ``thresholds`` applied over them."""
@@ -207,6 +209,37 @@ class Tracker:
         return self
 
 
+class MetricStats:
+    """What the detectors have learnt about one metric of one device (EWMA level, drift, noise, flatline).
+
+    Snapshots store it as a dict of these names (:meth:`to_state`); :meth:`from_state` also reads the
+    positional list that snapshots written before it hold in Redis (``FIELDS`` is that order)."""
+
+    FIELDS = ("n", "level", "drift_level", "baseline", "noise_var", "prev_x", "prev_ts", "flat_run", "flat_first")
+    __slots__ = FIELDS
+
+    def __init__(self, x: float, ts: int) -> None:
+        """The state after the first reading ``x`` at ``ts``."""
+        self.n = 1
+        self.level = self.drift_level = self.baseline = x
+        self.noise_var = 0.0
+        self.prev_x = x
+        self.prev_ts = ts
+        self.flat_run = 0
+        self.flat_first = ts
+
+    def to_state(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    @classmethod
+    def from_state(cls, state: dict[str, float] | list[float]) -> MetricStats:
+        values = state if isinstance(state, list) else [state[name] for name in cls.FIELDS]
+        self = cls.__new__(cls)
+        for name, value in zip(cls.FIELDS, values, strict=True):
+            setattr(self, name, value)
+        return self
+
+
 class DeviceDetector:
     """All detectors of one device. Feed readings in sequence order with :meth:`observe`; call
     :meth:`check_silence` from a timer. Both return alert events (dicts shaped like ``Alert``)."""
@@ -228,8 +261,7 @@ class DeviceDetector:
         self.device_type = device_type
         self.rules = rules
         self.params = rules.params
-        # metric -> [n, level, drift_level, baseline, noise_var, prev_x, prev_ts, flat_run, flat_first]
-        self.stats: dict[str, list] = {}
+        self.stats: dict[str, MetricStats] = {}
         self.trackers: dict[str, Tracker] = {}  # "rule|metric" -> Tracker
         self.last_ts = -1
         self.last_rx = -1
@@ -238,7 +270,7 @@ class DeviceDetector:
     # ---- alert lifecycle ---------------------------------------------------------------------------
     def _step(
         self,
-        out: list,
+        out: list[AlertEvent],
         key: str,
         rule: str,
         metric: str | None,
@@ -249,7 +281,7 @@ class DeviceDetector:
         exp_min: float | None,
         exp_max: float | None,
         open_count: int = 1,
-        severity: str | None = None,
+        severity: Severity | None = None,
         first: int | None = None,
     ) -> None:
         tr = self.trackers.get(key)
@@ -285,44 +317,36 @@ class DeviceDetector:
         tr: Tracker,
         rule: str,
         metric: str | None,
-        state: str,
-        severity: str | None,
+        state: AlertState,
+        severity: Severity | None,
         resolved_at: int | None = None,
-    ) -> dict:
+    ) -> AlertEvent:
         what = f"{metric} " if metric else ""
-        return {
-            "v": 1,
-            "alert_id": tr.alert_id,
-            "device_id": self.device_id,
-            "device_type": self.device_type,
-            "metric": metric,
-            "rule": rule,
-            "severity": severity or SEVERITY.get(rule, "warning"),
-            "state": state,
-            "value": tr.value,
-            "expected_min": tr.exp_min,
-            "expected_max": tr.exp_max,
-            "first_seen": tr.first,
-            "last_seen": tr.last,
-            "resolved_at": resolved_at,
-            "message": f"{rule} {what}{state}",
-        }
-
-    def open_alerts(self) -> list[dict]:
-        out = []
-        for key, tr in self.trackers.items():
-            if tr.is_open:
-                rule, metric = key.split("|", 1)
-                out.append(self._event(tr, rule, metric or None, "open", None))
-        return out
+        return AlertEvent(
+            v=SCHEMA_VERSION,
+            alert_id=tr.alert_id,
+            device_id=self.device_id,
+            device_type=self.device_type,
+            metric=metric,
+            rule=rule,
+            severity=severity or SEVERITY.get(rule, "warning"),
+            state=state,
+            value=tr.value,
+            expected_min=tr.exp_min,
+            expected_max=tr.exp_max,
+            first_seen=tr.first,
+            last_seen=tr.last,
+            resolved_at=resolved_at,
+            message=f"{rule} {what}{state}",
+        )
 
     def open_count(self) -> int:
         return sum(1 for tr in self.trackers.values() if tr.is_open)
 
     # ---- readings ----------------------------------------------------------------------------------
-    def observe(self, ts: int, rx: int, metrics: dict[str, float]) -> list[dict]:
+    def observe(self, ts: int, rx: int, metrics: dict[str, float]) -> list[AlertEvent]:
         """One in-order reading (``ts`` event time, ``rx`` when the stream received it, epoch ms)."""
-        out: list[dict] = []
+        out: list[AlertEvent] = []
         p = self.params
         if self.last_ts >= 0:
             gap = ts - self.last_ts
@@ -339,7 +363,9 @@ class DeviceDetector:
             self._metric(out, metric, ts, x, self.rules.rule(self.device_type, metric), p)
         return out
 
-    def _metric(self, out: list, metric: str, ts: int, x: float, rule: MetricRule, p: DetectorParams) -> None:
+    def _metric(
+        self, out: list[AlertEvent], metric: str, ts: int, x: float, rule: MetricRule, p: DetectorParams
+    ) -> None:
         keys = _KEYS.get(metric)
         if keys is None:
             keys = _KEYS[metric] = tuple(f"{r}|{metric}" for r in _METRIC_RULES)
@@ -370,9 +396,10 @@ class DeviceDetector:
                     severity=severity,
                 )
         if st is None:
-            self.stats[metric] = [1, x, x, x, 0.0, x, ts, 0, ts]
+            self.stats[metric] = MetricStats(x, ts)
             return
-        n, level, dlevel, base, var, prev_x, prev_ts, flat_run, flat_first = st
+        n, level, dlevel, base, var = st.n, st.level, st.drift_level, st.baseline, st.noise_var
+        prev_x, prev_ts, flat_run, flat_first = st.prev_x, st.prev_ts, st.flat_run, st.flat_first
         dt = (ts - prev_ts) / 1000.0
         if dt <= 0:
             return  # same or older timestamp: nothing to learn from
@@ -476,7 +503,8 @@ class DeviceDetector:
         if diff != 0.0:  # a stuck sensor says nothing about the noise
             diff = _clip(diff, 2.0 * clip)
             var += a_noise * (diff * diff / 2.0 - var)
-        st[:] = [n + 1, level, dlevel, base, var, x, ts, flat_run, flat_first]
+        st.n, st.level, st.drift_level, st.baseline, st.noise_var = n + 1, level, dlevel, base, var
+        st.prev_x, st.prev_ts, st.flat_run, st.flat_first = x, ts, flat_run, flat_first
 
     # ---- silence -----------------------------------------------------------------------------------
     def silence_after_ms(self) -> float:
@@ -484,7 +512,7 @@ class DeviceDetector:
         interval = max(self.interval_ms, self.rules.expected_interval_ms(self.device_type))
         return max(p.silence_factor * interval, p.silence_min_s * 1000.0)
 
-    def check_silence(self, now_ms: int) -> list[dict]:
+    def check_silence(self, now_ms: int) -> list[AlertEvent]:
         """Open a ``silence`` alert if nothing arrived for too long (``now_ms`` on the ``rx`` clock).
 
         The stream job calls it only for partitions that are caught up: otherwise a backlog would look
@@ -494,18 +522,14 @@ class DeviceDetector:
         silent_for = now_ms - self.last_rx
         if silent_for <= self.silence_after_ms():
             return []
-        out: list[dict] = []
+        out: list[AlertEvent] = []
         self._step(out, "silence|", "silence", None, self.last_ts, True, False, silent_for / 1000.0, None, None)
         return out
-
-    def is_offline(self) -> bool:
-        tr = self.trackers.get("silence|")
-        return tr is not None and tr.is_open
 
     # ---- snapshot ----------------------------------------------------------------------------------
     def to_state(self) -> dict:
         return {
-            "s": self.stats,
+            "s": {m: st.to_state() for m, st in self.stats.items()},
             "t": {k: tr.to_state() for k, tr in self.trackers.items()},
             "ts": self.last_ts,
             "rx": self.last_rx,
@@ -515,7 +539,7 @@ class DeviceDetector:
     @classmethod
     def from_state(cls, device_id: str, device_type: str, rules: RuleSet, state: dict) -> DeviceDetector:
         self = cls(device_id, device_type, rules)
-        self.stats = {m: list(v) for m, v in state.get("s", {}).items()}
+        self.stats = {m: MetricStats.from_state(v) for m, v in state.get("s", {}).items()}
         self.trackers = {k: Tracker.from_state(v) for k, v in state.get("t", {}).items()}
         self.last_ts = state.get("ts", -1)
         self.last_rx = state.get("rx", -1)

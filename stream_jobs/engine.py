@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from iotp.kafka_marks import Mark, fingerprint
-from iotp.schema import NO_SEQ, key_of
+from iotp.schema import NO_SEQ, AlertEvent, WindowAggregateEvent, key_of
 from stream_jobs.detectors import DeviceDetector, RuleSet
 from stream_jobs.windows import DROPPED, LATE, DeviceWindows
 
@@ -135,8 +135,8 @@ class PartitionState:
 
 @dataclass
 class Effects:
-    aggregates: list[dict] = field(default_factory=list)
-    alerts: list[dict] = field(default_factory=list)
+    aggregates: list[WindowAggregateEvent] = field(default_factory=list)
+    alerts: list[AlertEvent] = field(default_factory=list)
     batches: list[tuple[dict, bytes]] = field(default_factory=list)  # (batch, raw) for latest state
     offline: list[str] = field(default_factory=list)  # devices that went silent
     alert_counts: dict[str, int] = field(default_factory=dict)  # device -> open alerts now

@@ -17,6 +17,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from iotp import stats
+
 HELP = {
     "records": "Kafka records (device batches) applied",
     "readings": "Readings applied",
@@ -52,9 +54,9 @@ class StreamCollector(Collector):
     def collect(self) -> Iterator[Any]:
         counters = self.job.engine.counters
         names = dict.fromkeys(self.fields)
-        names.update(dict.fromkeys(k for k in _copy(counters.keys()) if k.startswith("stream.")))
+        names.update(dict.fromkeys(k for k in _copy(counters.keys()) if k.startswith(stats.STREAM)))
         for key in names:
-            short = key.removeprefix("stream.")
+            short = key.removeprefix(stats.STREAM)
             family = CounterMetricFamily(f"iotp_stream_{short}", HELP.get(short, f"stream counter {key}"))
             family.add_metric([], float(counters.get(key, 0)))
             yield family

@@ -16,9 +16,13 @@ they describe.
 
 from __future__ import annotations
 
+from typing import cast
+
 import orjson
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
+from iotp import stats
 from iotp.schema import key_of, order_of
 from iotp.topics import RedisNames
 from stream_jobs.engine import Effects, Engine
@@ -74,7 +78,7 @@ class RedisWriter:
         return snapshot_key(self.names, self.app_id, self.topic, partition)
 
     async def load(self, partition: int) -> dict[bytes, bytes]:
-        return await self.redis.hgetall(self.snapshot_key(partition))
+        return cast(dict[bytes, bytes], await self.redis.hgetall(self.snapshot_key(partition)))  # bytes client
 
     async def write(self, fx: Effects, engine: Engine, now_ms: int) -> None:
         names = self.names
@@ -118,7 +122,9 @@ class RedisWriter:
                 ps = engine.partitions.get(partition)
                 if ps is None:
                     continue
-                mapping = {d: orjson.dumps(ps.devices[d].to_state()) for d in device_ids if d in ps.devices}
+                mapping: dict[FieldT, EncodableT] = {
+                    d: orjson.dumps(ps.devices[d].to_state()) for d in device_ids if d in ps.devices
+                }
                 mapping.update(self._offset_fields(engine, partition))
                 pipe.hset(self.snapshot_key(partition), mapping=mapping)
             for partition in fx.offsets:
@@ -128,7 +134,7 @@ class RedisWriter:
             await pipe.execute()
 
     @staticmethod
-    def _offset_fields(engine: Engine, partition: int) -> dict[str, int | str]:
+    def _offset_fields(engine: Engine, partition: int) -> dict[FieldT, EncodableT]:
         """``__offset__`` and ``__mark__`` (offset + fingerprint of the record below it, which a new owner
         checks against Kafka before it skips anything; see :mod:`iotp.kafka_marks`)."""
         ps = engine.partitions.get(partition)
@@ -139,7 +145,7 @@ class RedisWriter:
 
     async def gateway_heartbeat(self) -> int | None:
         """When a gateway last reported (``gateway.updated_ms`` in the stats hash), or None if none ever did."""
-        raw = await self.redis.hget(self.names.stats_key, "gateway.updated_ms")
+        raw = await self.redis.hget(self.names.stats_key, stats.GATEWAY_UPDATED_MS)
         return int(raw) if raw else None
 
     async def write_stats(
@@ -150,8 +156,8 @@ class RedisWriter:
                 if value:
                     pipe.hincrby(self.names.stats_key, name, value)
             if lag is not None:
-                pipe.hset(self.names.stats_key, "stream.lag", lag)
-            pipe.hset(self.names.stats_key, "stream.updated_ms", now_ms)
+                pipe.hset(self.names.stats_key, stats.STREAM_LAG, lag)
+            pipe.hset(self.names.stats_key, stats.STREAM_UPDATED_MS, now_ms)
             for name, value in (gauges or {}).items():
                 pipe.hset(self.names.stats_key, name, value)
             await pipe.execute()

@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from iotp.schema import SCHEMA_VERSION, WindowAggregateEvent
+
 ACCEPTED, LATE, DROPPED = 0, 1, 2
 
 
@@ -100,10 +102,10 @@ class DeviceWindows:
             self.watermark = ts
         return outcome
 
-    def due(self, now_ms: int | None) -> list[dict]:
+    def due(self, now_ms: int | None) -> list[WindowAggregateEvent]:
         """Close and return the windows that are due: by event time always, by wall clock when ``now_ms``
         is given. Each result is a dict shaped like :class:`iotp.schema.WindowAggregate`."""
-        out: list[dict] = []
+        out: list[WindowAggregateEvent] = []
         for size in self.sizes_ms:
             by_start = self.open[size]
             if not by_start:
@@ -121,22 +123,22 @@ class DeviceWindows:
                     break  # windows are closed in start order
         return out
 
-    def _aggregate(self, metric: str, size: int, start: int, acc: Acc) -> dict:
-        return {
-            "v": 1,
-            "device_id": self.device_id,
-            "device_type": self.device_type,
-            "metric": metric,
-            "window_s": size // 1000,
-            "start": start,
-            "end": start + size,
-            "count": acc.count,
-            "min": acc.min,
-            "max": acc.max,
-            "mean": acc.mean,
-            "std": acc.std,
-            "late": acc.late,
-        }
+    def _aggregate(self, metric: str, size: int, start: int, acc: Acc) -> WindowAggregateEvent:
+        return WindowAggregateEvent(
+            v=SCHEMA_VERSION,
+            device_id=self.device_id,
+            device_type=self.device_type,
+            metric=metric,
+            window_s=size // 1000,
+            start=start,
+            end=start + size,
+            count=acc.count,
+            min=acc.min,
+            max=acc.max,
+            mean=acc.mean,
+            std=acc.std,
+            late=acc.late,
+        )
 
     def has_open(self) -> bool:
         return any(self.open.values())

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -12,6 +11,7 @@ import httpx
 import orjson
 import pytest
 
+from iotp.schema import now_ms
 from iotp.topics import mqtt_topic
 from tests.gateway.helpers import read_until
 from tests.support.mqtt_publish import publish_payloads, publish_readings, reading
@@ -47,7 +47,7 @@ async def test_reboot_no_seq_and_backfill_end_to_end(isolated_settings, processe
             health = (await http.get("/api/pipeline")).json()
             return {f"{s['stage']}.{k}": v for s in health["stages"] for k, v in s["counters"].items()}
 
-        now = int(time.time() * 1000)
+        now = now_ms()
 
         # 1. reboot: seq 1..100, then seq 1..50 again with later times and new values
         rb = f"rb-{tag}"
@@ -111,7 +111,7 @@ async def test_reboot_no_seq_and_backfill_end_to_end(isolated_settings, processe
 
         # 3. backfill: a live reading, then an upload of an hour-old minute (values that would alert)
         bf = f"bf-{tag}"
-        live = reading(bf, 1000, ts_ms=int(time.time() * 1000), temperature=21.0)
+        live = reading(bf, 1000, ts_ms=now_ms(), temperature=21.0)
         await asyncio.to_thread(publish_readings, settings, [live])
         hour_ago = (now - 3_600_000) // 60_000 * 60_000
         old = [reading(bf, i, ts_ms=hour_ago + i * 1000, temperature=50.0 + i % 7) for i in range(60)]

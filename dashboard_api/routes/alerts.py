@@ -7,25 +7,25 @@ API process and every dashboard sees it.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Query
 
 from dashboard_api import live
 from dashboard_api.auth import require_operator
-from dashboard_api.deps import HistoryDep, NamesDep, RedisDep
+from dashboard_api.deps import HistoryDep, LiveDep, NamesDep, RedisDep
 from dashboard_api.models import Ack, AckRequest, AckResult, AlertList, AlertOut
 from dashboard_api.params import ID_PATTERN, AlertIdPath, TimeRange, time_range, to_ms
 from history import queries
-from iotp.schema import Severity
+from iotp.schema import NAME_PATTERN, Severity
 
 router = APIRouter(prefix="/api/alerts", tags=["alerts"])
-RULE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+RULE_PATTERN = NAME_PATTERN
 
 
 @router.get("", response_model=AlertList, summary="Open alerts (live, from Redis), newest first")
 async def list_open_alerts(
-    request: Request,
+    src: LiveDep,
     device_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     severity: Annotated[Severity | None, Query()] = None,
     rule: Annotated[str | None, Query(pattern=RULE_PATTERN)] = None,
@@ -35,7 +35,7 @@ async def list_open_alerts(
 ) -> AlertList:
     alerts = [
         a
-        for a in await live.open_alerts(request.app)
+        for a in await live.open_alerts(src)
         if (device_id is None or a.device_id == device_id)
         and (severity is None or a.severity == severity)
         and (rule is None or a.rule == rule)
@@ -46,7 +46,7 @@ async def list_open_alerts(
 
 @router.get("/history", response_model=AlertList, summary="Alert events from ClickHouse, with filters")
 async def alert_history(
-    request: Request,
+    src: LiveDep,
     history: HistoryDep,
     tr: Annotated[TimeRange, Depends(time_range)],
     device_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
@@ -74,7 +74,7 @@ async def alert_history(
             if name in row:
                 row[name] = to_ms(row[name])
         alerts.append(AlertOut.model_validate(row))
-    acks = await live.load_acks(request.app, [a.alert_id for a in alerts])
+    acks = await live.load_acks(src, [a.alert_id for a in alerts])
     for alert in alerts:
         alert.ack = acks.get(alert.alert_id)
     return AlertList(total=len(alerts), items=alerts)
@@ -100,7 +100,9 @@ async def acknowledge(
     created = bool(await redis.hsetnx(names.alert_acks, alert_id, ack.model_dump_json()))
     if not created:
         return AckResult(
-            alert_id=alert_id, ack=Ack.model_validate_json(await redis.hget(names.alert_acks, alert_id)), created=False
+            alert_id=alert_id,
+            ack=Ack.model_validate_json(cast(bytes, await redis.hget(names.alert_acks, alert_id))),  # set: hsetnx lost
+            created=False,
         )
     alert = AlertOut.model_validate_json(raw)
     await redis.publish(names.channel_alerts, live.ack_event(alert, ack))

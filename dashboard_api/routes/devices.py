@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query
 
 from dashboard_api import live
-from dashboard_api.deps import HistoryDep, NamesDep, RedisDep
+from dashboard_api.deps import HistoryDep, LiveDep
 from dashboard_api.models import DeviceList, DeviceState, DeviceStatus, FleetSummary, HistoryPoint, HistorySeries
 from dashboard_api.params import METRIC_PATTERN, TYPE_PATTERN, DeviceIdPath, TimeRange, time_range, to_ms
 from history import queries
@@ -17,9 +17,7 @@ router = APIRouter(prefix="/api", tags=["devices"])
 
 @router.get("/devices", response_model=DeviceList, summary="Fleet list with filters and pagination")
 async def list_devices(
-    request: Request,
-    redis: RedisDep,
-    names: NamesDep,
+    src: LiveDep,
     device_type: Annotated[str | None, Query(alias="type", pattern=TYPE_PATTERN, description="device type")] = None,
     status: Annotated[DeviceStatus | None, Query(description="online|offline")] = None,
     has_alerts: Annotated[
@@ -29,16 +27,15 @@ async def list_devices(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DeviceList:
     """Devices sorted by id. ``total`` counts the devices that match the filters."""
-    app = request.app
-    ids = await live.device_ids(redis, names)
+    ids = await live.device_ids(src.redis, src.names)
     if device_type is None and status is None and has_alerts is None:
-        counts = await live.open_alert_counts(app)
-        items = await live.load_devices(app, ids[offset : offset + limit], counts)
+        counts = await live.open_alert_counts(src)
+        items = await live.load_devices(src, ids[offset : offset + limit], counts)
         return DeviceList(total=len(ids), limit=limit, offset=offset, items=items)
-    counts = await live.open_alert_counts(app)
+    counts = await live.open_alert_counts(src)
     matching = [
         d
-        for d in await live.load_devices(app, ids, counts)
+        for d in await live.load_devices(src, ids, counts)
         if (device_type is None or d.device_type == device_type)
         and (status is None or d.status == status)
         and (has_alerts is None or (d.open_alerts > 0) == has_alerts)
@@ -47,8 +44,8 @@ async def list_devices(
 
 
 @router.get("/fleet/summary", response_model=FleetSummary, summary="Counts by status and type")
-async def get_fleet_summary(request: Request) -> FleetSummary:
-    return await live.fleet_summary(request.app)
+async def get_fleet_summary(src: LiveDep) -> FleetSummary:
+    return await live.fleet_summary(src)
 
 
 @router.get(
@@ -57,9 +54,9 @@ async def get_fleet_summary(request: Request) -> FleetSummary:
     summary="A device's latest state",
     responses={404: {"description": "unknown device"}},
 )
-async def get_device(request: Request, device_id: DeviceIdPath) -> DeviceState:
-    counts = await live.open_alert_counts(request.app)
-    found = await live.load_devices(request.app, [device_id], counts)
+async def get_device(src: LiveDep, device_id: DeviceIdPath) -> DeviceState:
+    counts = await live.open_alert_counts(src)
+    found = await live.load_devices(src, [device_id], counts)
     if not found:
         raise HTTPException(404, f"device {device_id!r} not found")
     return found[0]

@@ -11,12 +11,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Response, status
 from pydantic import BaseModel, Field
-from starlette.requests import HTTPConnection
 
 from dashboard_api.auth import require_operator
-from dashboard_api.deps import NamesDep, RedisDep, SettingsDep
-from iotp.profile_store import ProfileStore, StoredProfile, settings_fallback
-from iotp.profiles import NAME_PATTERN, DeviceProfile
+from dashboard_api.deps import ProfileStoreDep
+from iotp.profile_store import StoredProfile
+from iotp.profiles import DeviceProfile
+from iotp.schema import NAME_PATTERN
 
 router = APIRouter(prefix="/api/profiles", tags=["profiles"])
 TypePath = Annotated[str, Path(pattern=NAME_PATTERN, description="device type, e.g. climate")]
@@ -46,21 +46,8 @@ def _out(entry: StoredProfile) -> ProfileOut:
     )
 
 
-async def _store(conn: HTTPConnection, redis: RedisDep, names: NamesDep, settings: SettingsDep) -> ProfileStore:
-    """The store of this API process (kept on the app); the first use seeds it from the profile files."""
-    store = getattr(conn.app.state, "profile_store", None)
-    if store is None:
-        store = ProfileStore(redis, names)
-        await store.seed(settings_fallback(settings))
-        conn.app.state.profile_store = store
-    return store
-
-
-StoreDep = Annotated[ProfileStore, Depends(_store)]
-
-
 @router.get("", response_model=ProfileList, summary="Every device profile (types, metrics, units, ranges)")
-async def list_profiles(store: StoreDep) -> ProfileList:
+async def list_profiles(store: ProfileStoreDep) -> ProfileList:
     snap = await store.snapshot()
     return ProfileList(version=snap.version, items=[_out(e) for e in snap.entries.values()])
 
@@ -71,7 +58,7 @@ async def list_profiles(store: StoreDep) -> ProfileList:
     summary="One device profile",
     responses={404: {"description": "no profile for this device type"}},
 )
-async def get_profile(store: StoreDep, device_type: TypePath) -> ProfileOut:
+async def get_profile(store: ProfileStoreDep, device_type: TypePath) -> ProfileOut:
     snap = await store.snapshot()
     entry = snap.entries.get(device_type)
     if entry is None:
@@ -91,7 +78,7 @@ async def get_profile(store: StoreDep, device_type: TypePath) -> ProfileOut:
     },
 )
 async def put_profile(
-    store: StoreDep, response: Response, device_type: TypePath, profile: Annotated[DeviceProfile, Body()]
+    store: ProfileStoreDep, response: Response, device_type: TypePath, profile: Annotated[DeviceProfile, Body()]
 ) -> ProfileWritten:
     """The whole profile (not a patch). Gateways and stream workers apply it within
     ``IOTP_PROFILES_POLL_S``; a profile written here is never overwritten by a profiles file."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -34,6 +34,7 @@ from dashboard_api.auth import websocket_role
 from dashboard_api.deps import HubDep, SettingsDep
 from dashboard_api.hub import ALL_CHANNELS, Subscriber
 from dashboard_api.params import ID_PATTERN
+from iotp.schema import now_ms
 
 router = APIRouter()
 MAX_DEVICES = 1000
@@ -44,7 +45,7 @@ def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def _check(channels: list[str], devices: list[str]) -> str | None:
+def _check(channels: list[str], devices: list[Any]) -> str | None:  # devices: from the client's JSON
     unknown = set(channels) - ALL_CHANNELS
     if unknown:
         return f"unknown channels: {','.join(sorted(unknown))} (known: {','.join(sorted(ALL_CHANNELS))})"
@@ -103,7 +104,7 @@ async def websocket_endpoint(websocket: WebSocket, hub: HubDep, settings: Settin
                     orjson.dumps(
                         {
                             "channel": "heartbeat",
-                            "data": {"ts": int(time.time() * 1000), "dropped": sub.dropped, "coalesced": sub.coalesced},
+                            "data": {"ts": now_ms(), "dropped": sub.dropped, "coalesced": sub.coalesced},
                         }
                     ),
                 )
@@ -138,7 +139,7 @@ def handle_message(sub: Subscriber, text: str) -> str | None:
         return _frame("error", {"detail": "messages must be JSON objects"})
     op = msg.get("op")
     if op == "ping":
-        return _frame("pong", {"ts": int(time.time() * 1000)})
+        return _frame("pong", {"ts": now_ms()})
     if op not in ("subscribe", "unsubscribe", "set"):
         return _frame("error", {"detail": f"unknown op {op!r} (subscribe|unsubscribe|set|ping)"})
     channels, devices = msg.get("channels", []), msg.get("devices", [])

@@ -29,7 +29,6 @@ def module_settings(stack_settings: Settings, tmp_path) -> Settings:
         tmp_path / "state",
         api_port=free_port(),
         gateway_metrics_port=free_port(),
-        stream_web_port=free_port(),
     )
 
 

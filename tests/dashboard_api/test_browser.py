@@ -7,7 +7,6 @@ import asyncio
 import math
 import shutil
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import redis
 
 from iotp.kafka import make_producer
-from iotp.schema import encode_batch
+from iotp.schema import encode_batch, now_ms
 from iotp.topics import redis_names
 from tests.dashboard_api.conftest import module_settings, wait_api_ready
 from tests.support.mqtt_publish import publish_readings, reading
@@ -67,7 +66,7 @@ class Feeder(threading.Thread):
 def backfill(settings, device_id: str, minutes: int = 60, every_s: int = 10) -> None:
     """An hour of history for one device, produced to the readings topic as the gateway would, so the
     charts have a downsampled series to show (the API's sink writes it to ClickHouse)."""
-    now = int(time.time() * 1000)
+    now = now_ms()
     n = minutes * 60 // every_s
     readings = []
     for k in range(n):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import orjson
@@ -11,6 +10,7 @@ import redis
 
 from infra.ports import free_port, port_open, wait_port
 from infra.stack import LocalStack
+from iotp.schema import now_ms
 from iotp.topics import mqtt_topic, redis_names
 from tests.gateway.cases import CASES, good
 from tests.gateway.helpers import PacedPublisher, metric_value, read_until, reading_ids
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def _readings(settings, devices: int, per_device: int, tag: str) -> tuple[list[tuple[str, bytes]], set[str]]:
-    now = int(time.time() * 1000)
+    now = now_ms()
     items, ids = [], set()
     for seq in range(1, per_device + 1):
         for d in range(devices):
@@ -45,7 +45,7 @@ async def test_malformed_payloads_dead_lettered_while_good_flow(isolated_setting
     port = free_port()
     _start_gateway(processes, f"gw-{uuid.uuid4().hex[:6]}", port)
     tag = uuid.uuid4().hex[:6]
-    now = int(time.time() * 1000)
+    now = now_ms()
     bad: dict[str, tuple[bytes, str]] = {}
     items: list[tuple[str, bytes]] = []
     good_items, good_ids = _readings(settings, 5, 20, f"ok{tag}")

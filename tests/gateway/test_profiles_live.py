@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from infra.ports import free_port
+from iotp.schema import now_ms
 from iotp.topics import mqtt_topic
 from tests.dashboard_api.conftest import wait_api_ready
 from tests.gateway.helpers import read_until, reading_ids
@@ -37,7 +38,7 @@ def soil_reading(device_id: str, seq: int, moisture: float) -> bytes:
             "device_id": device_id,
             "device_type": "soil",
             "seq": seq,
-            "ts": int(time.time() * 1000),
+            "ts": now_ms(),
             "metrics": {"moisture": moisture},
         }
     )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import orjson
 import pytest
 
 from gateway.validation import Limits, Reason, Rejected, topic_device_id, validate_payload
+from iotp.schema import now_ms
 from simulator.malformed import CORRUPTIONS, corrupt
 from tests.gateway.cases import CASES, good
 
@@ -52,7 +51,7 @@ def test_topic_device_id():
 
 @pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
 def test_simulator_corruptions_get_their_declared_reason(kind):
-    now = int(time.time() * 1000)
+    now = now_ms()
     with pytest.raises(Rejected) as info:
         validate_payload(corrupt(good("dev-1", now), kind), now, LIMITS, "dev-1")
     assert info.value.reason == Reason(CORRUPTIONS[kind])

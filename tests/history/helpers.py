@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from history.sink import readings_arrow
+from history.columns import readings_arrow
 
 MIN = 60_000
 

@@ -10,9 +10,9 @@ import time
 import orjson
 import pytest
 
+from history.decode import Rejected, decode_readings
 from history.migrations import migrate
 from history.queries import ingest_check
-from history.sink import Rejected, decode_readings
 from iotp.schema import NO_SEQ, encode_batch, reading_id, reading_key
 from tests.history.helpers import insert_rows
 

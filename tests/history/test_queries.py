@@ -3,14 +3,14 @@ parameters that treat SQL-ish strings as values."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 import pytest
 
 from history import queries
-from history.sink import alerts_arrow, decode_alert
-from iotp.schema import Alert
+from history.columns import alerts_arrow
+from history.decode import decode_alert
+from iotp.schema import Alert, now_ms
 from tests.history.helpers import MIN, insert_rows
 
 HOUR = 60 * MIN
@@ -22,7 +22,7 @@ def _dt(ms: int) -> datetime:
 
 @pytest.fixture
 def base_ms() -> int:
-    return (int(time.time() * 1000) // HOUR - 30) * HOUR  # 30 h ago, on the hour
+    return (now_ms() // HOUR - 30) * HOUR  # 30 h ago, on the hour
 
 
 def _series_rows(base_ms: int) -> list[tuple]:
@@ -187,7 +187,8 @@ def test_parameters_treat_sql_ish_strings_as_values(ch, base_ms):
 
 def test_count_rows_and_window_aggregates(ch, base_ms):
     client, db = ch
-    from history.sink import aggregates_arrow, decode_aggregate
+    from history.columns import aggregates_arrow
+    from history.decode import decode_aggregate
     from iotp.schema import WindowAggregate
 
     agg = WindowAggregate(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from history.migrations import MIGRATIONS, current_ttl_days, migrate
 from history.queries import count_rows
+from iotp.schema import now_ms
 from tests.history.helpers import MIN, insert_rows, make_rows
 
 DAY = 86_400_000
@@ -54,7 +53,7 @@ def _raw_vs_rollup(client, db, table, interval, d):
 
 def test_rollups_equal_aggregates_of_raw_rows(ch):
     client, db = ch
-    start = (int(time.time() * 1000) // DAY - 1) * DAY + 3 * MIN + 500  # spans midnight: two day partitions
+    start = (now_ms() // DAY - 1) * DAY + 3 * MIN + 500  # spans midnight: two day partitions
     rows = make_rows(devices=4, per_device=3000, start_ms=start - 3 * 3_600_000, step_ms=3_000)
     for i in range(0, len(rows), 5000):  # several inserts: rollup states merge across blocks
         insert_rows(client, db, rows[i : i + 5000], token=f"t{i}")
@@ -77,7 +76,7 @@ def test_rollups_equal_aggregates_of_raw_rows(ch):
 
 def test_redelivered_block_stores_no_duplicates_raw_or_rollups(ch):
     client, db = ch
-    rows = make_rows(devices=3, per_device=200, start_ms=int(time.time() * 1000) - 3_600_000)
+    rows = make_rows(devices=3, per_device=200, start_ms=now_ms() - 3_600_000)
     for _ in range(3):  # the same block three times, with the sink's token
         insert_rows(client, db, rows, token="iotp.readings:0:100-199:1-2")
     insert_rows(client, db, rows[:10], token="iotp.readings:0:100-199:1-2")  # same token, partial content
@@ -93,7 +92,7 @@ def test_redelivered_block_stores_no_duplicates_raw_or_rollups(ch):
 
 def test_ttl_removes_expired_rows(ch):
     client, db = ch
-    now = int(time.time() * 1000)
+    now = now_ms()
     fresh = make_rows(devices=1, per_device=10, start_ms=now - 3_600_000, seed=2)
     old_raw = make_rows(devices=1, per_device=10, start_ms=now - 10 * DAY, seed=3)  # > 7 days: raw only expires
     old_all = make_rows(devices=1, per_device=10, start_ms=now - 100 * DAY, seed=4)  # > 90 days: 1m expires too

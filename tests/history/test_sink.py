@@ -15,7 +15,7 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from history.migrations import migrate
 from history.sink import ClickHouseSink
 from iotp.kafka import make_consumer, make_producer
-from iotp.schema import Alert, WindowAggregate, encode_batch
+from iotp.schema import Alert, WindowAggregate, encode_batch, now_ms
 from iotp.topics import RedisNames
 from tests.support.waiting import async_wait_for
 
@@ -35,7 +35,7 @@ def sink_settings(isolated_settings, ch_client):
 
 def reading_records(devices: int, readings: int, per_record: int = 5, seq0: int = 0, tag: str = "d"):
     """(key, value) pairs of ReadingBatch records; readings 1 s apart, recent."""
-    now = int(time.time() * 1000) - 600_000
+    now = now_ms() - 600_000
     out = []
     for d in range(devices):
         device = f"{tag}-{d}"
@@ -113,7 +113,7 @@ async def stop_sink(stop: asyncio.Event, task: asyncio.Task) -> None:
 async def test_sink_writes_all_topics_dead_letters_and_publishes_stats(sink_settings, ch_client):
     s, db = sink_settings, sink_settings.clickhouse_database
     redis = aioredis.from_url(s.redis_url)
-    now = int(time.time() * 1000)
+    now = now_ms()
     readings = reading_records(devices=20, readings=50)
     bad_readings = [
         (b"bad-1", b"not json"),

@@ -7,7 +7,7 @@ import random
 import orjson
 
 from iotp.schema import Alert
-from stream_jobs.detectors import DeviceDetector, alert_id, load_rules
+from stream_jobs.detectors import DeviceDetector, MetricStats, alert_id, load_rules
 from stream_jobs.engine import Effects, Engine
 
 T0 = 1_700_000_000_000
@@ -84,6 +84,19 @@ def test_detector_state_round_trip() -> None:
     values = noise(200)
     feed(det, [*values[:100], 60.0])
     det2 = DeviceDetector.from_state("c1", "climate", RULES, orjson.loads(orjson.dumps(det.to_state())))
+    assert feed(det, values[101:], start=101) == feed(det2, values[101:], start=101)
+
+
+def test_detector_state_reads_the_positional_stats_of_older_snapshots() -> None:
+    """Snapshots in Redis written before MetricStats hold each metric's stats as a positional list."""
+    det = DeviceDetector("c1", "climate", RULES)
+    values = noise(200)
+    feed(det, [*values[:100], 60.0])
+    state = orjson.loads(orjson.dumps(det.to_state()))
+    assert set(state["s"]["humidity"]) == set(MetricStats.FIELDS)
+    old = {**state, "s": {m: [st[f] for f in MetricStats.FIELDS] for m, st in state["s"].items()}}
+    det2 = DeviceDetector.from_state("c1", "climate", RULES, old)
+    assert det2.to_state() == state
     assert feed(det, values[101:], start=101) == feed(det2, values[101:], start=101)
 
 

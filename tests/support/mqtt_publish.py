@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import orjson
 
 from iotp.mqtt import connect, make_client
+from iotp.schema import now_ms
 from iotp.settings import Settings
 from iotp.topics import mqtt_topic
 
@@ -17,7 +16,7 @@ def reading(device_id: str, seq: int, device_type: str = "climate", ts_ms: int |
         "device_id": device_id,
         "device_type": device_type,
         "seq": seq,
-        "ts": ts_ms if ts_ms is not None else int(time.time() * 1000),
+        "ts": ts_ms if ts_ms is not None else now_ms(),
         "metrics": metrics or {"temperature": 20.0 + seq % 5, "humidity": 40.0, "co2": 500.0},
     }
 

@@ -43,7 +43,6 @@ def make_test_settings(state_dir: Path, **overrides) -> Settings:
         kafka_storage_port=free_port(),
         api_port=free_port(),
         gateway_metrics_port=free_port(),
-        stream_web_port=free_port(),
         stream_metrics_port=free_port(),
         sink_metrics_port=free_port(),
     )
