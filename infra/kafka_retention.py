@@ -56,7 +56,7 @@ def batches_to_delete(batches: list[tuple[int, float]], floor: int, now: float, 
     """Base offsets of the batches to delete: ``batches`` = (base offset, mtime) sorted by offset; a batch
     goes when the next one starts at or below ``floor - 1`` (so it holds nothing at or above ``floor - 1``)
     and it is older than ``min_age_s``. The last batch always stays."""
-    out = []
+    out: list[int] = []
     for (base, mtime), (next_base, _) in itertools.pairwise(batches):
         if next_base > floor - 1:
             break
@@ -97,7 +97,7 @@ def plan(
     """What to delete now, per partition that a rule covers (see the module docstring)."""
     now = time.time() if now is None else now
     by_topic = {r.topic: r for r in rules}
-    out = []
+    out: list[tuple[Trimmed, list[Path]]] = []
     clusters = bucket_dir / "clusters"
     if not clusters.is_dir():
         return out

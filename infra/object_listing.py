@@ -125,7 +125,7 @@ class ListingIndex:
                 lo = max(lo, bisect.bisect_right(names, after[len(base) :]))
             elif after > base:  # every key here sorts before ``after``
                 lo = len(names)
-            contents = []
+            contents: list[str] = []
             for i in range(lo, len(names)):
                 if not names[i].startswith(name_prefix):
                     break
@@ -139,7 +139,9 @@ class ListingIndex:
         else:  # a recursive listing (tansu does one at start)
             entries = list(self._below(path, base))
         entries.sort(key=lambda e: e[0])
-        contents, prefixes, last = [], [], ""
+        found: list[str] = []
+        prefixes: list[str] = []
+        last = ""
         for key, xml in entries:
             if (after and key <= after) or not key.startswith(prefix):
                 continue
@@ -147,11 +149,11 @@ class ListingIndex:
                 key, xml = prefix + key[len(prefix) :].split(delimiter, 1)[0] + delimiter, None
                 if prefixes and prefixes[-1] == key:
                     continue
-            if len(contents) + len(prefixes) >= max_keys:
-                return Page(contents, prefixes, True, last)
+            if len(found) + len(prefixes) >= max_keys:
+                return Page(found, prefixes, True, last)
             if xml is None:
                 prefixes.append(key)
             else:
-                contents.append(xml)
+                found.append(xml)
             last = key
-        return Page(contents, prefixes, False, last)
+        return Page(found, prefixes, False, last)
