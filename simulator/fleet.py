@@ -62,7 +62,8 @@ def build_fleet(
     reboot_every: int = 0,
     no_seq_fraction: float = 0.0,
 ) -> list[Device]:
-    """``count`` devices with deterministic ids and signals for a given seed, of the types in ``mix``
+    """``count`` devices with deterministic ids (the same on every start) and, for a given seed,
+    deterministic signals, of the types in ``mix``
     (weights), each described by its device profile (default: the shipped profiles).
 
     Sequence numbers start after ``seq0``, by default the current epoch millisecond, so a restarted
@@ -71,6 +72,10 @@ def build_fleet(
     of the devices (spread evenly over the ids) sends no ``seq`` at all.
     """
     rng = random.Random(seed)
+    # The fleet's layout (which id has which type) is the same on every start, seed or not: a restarted
+    # simulator is the same fleet coming back, as real devices would, not a new fleet whose predecessors all
+    # fall silent. The signals and anomalies stay random without a seed.
+    layout = random.Random(f"fleet-layout:{seed if seed is not None else 0}")
     mix = mix or DEFAULT_MIX
     types = [t for t in mix if mix[t] > 0]
     profiles = shipped_profiles() if profiles is None else profiles
@@ -81,7 +86,7 @@ def build_fleet(
     seq0 = now_ms() if seq0 is None else seq0
     devices = []
     for i in range(count):
-        device_type = rng.choices(types, weights)[0]
+        device_type = layout.choices(types, weights)[0]
         device_id = f"{prefix}{device_type}-{i:05d}"
         has_seq = int((i + 1) * no_seq_fraction) == int(i * no_seq_fraction)
         signal = new_signal(device_id, device_type, rng, profiles[device_type])
