@@ -170,7 +170,8 @@ async def test_device_publishes_its_own_topic_and_a_spoof_is_refused(stack_setti
     def ident(r: dict) -> str:
         return reading_id(r["device_id"], r["ts"], r["seq"])
 
-    records = await read_until(settings, settings.topic_readings, lambda recs: ident(mine_later) in reading_ids(recs), 60)
+    later = ident(mine_later)
+    records = await read_until(settings, settings.topic_readings, lambda recs: later in reading_ids(recs), 60)
     ids = set(reading_ids(records))
     assert {ident(mine), ident(mine_later)} <= ids
     assert ident(foreign) not in ids and ident(forged) not in ids
