@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:19092"
     kafka_partitions: int = Field(4, ge=1)
     kafka_replication: int = Field(1, ge=1)
+    kafka_record_mode: Literal["device", "partition"] = Field(
+        "device",
+        description="Readings topic records. device: one record per device per linger window, key = device id "
+        "(the default contract); partition: one record per partition per linger window carrying the device "
+        "batches of many devices, sent to the partition the device id maps to under Kafka's default "
+        "partitioner (per-device order unchanged; ~10x cheaper per reading in the stream job, see "
+        "docs/stream-processing.md)",
+    )
     kafka_compression: str | None = Field("lz4", description="none|gzip|snappy|lz4|zstd")
     kafka_idempotence: bool = Field(False, description="Enable on real Kafka; the local broker rejects it")
     kafka_fetch_max_wait_ms: int = Field(
