@@ -45,6 +45,7 @@ from aiokafka import AIOKafkaConsumer  # noqa: E402
 from infra.kafka_admin import create_topics_sync  # noqa: E402
 from infra.ports import free_port  # noqa: E402
 from infra.stack import LocalStack, settings_env  # noqa: E402
+from iotp.schema import device_batches  # noqa: E402
 from iotp.settings import Settings  # noqa: E402
 
 console = Console()
@@ -102,7 +103,7 @@ async def forwarded(settings: Settings, expected: int, timeout: float) -> tuple[
             got = False
             for recs in batches.values():
                 for rec in recs:
-                    for r in orjson.loads(rec.value)["readings"]:
+                    for r in (r for b in device_batches(orjson.loads(rec.value)) for r in b["readings"]):
                         if r["id"] not in ids:
                             rx.append(r["rx"])
                         ids.add(r["id"])
