@@ -24,22 +24,23 @@ from iotp.schema import key_of, order_of
 from iotp.topics import RedisNames
 from stream_jobs.engine import Effects, Engine
 
-# KEYS: fleet zset, then one device hash per device. ARGV: now_ms, then per device 7 values: device_id,
-# device_type, seq ('' = none), ts, rx, metrics-json, key. One call updates many devices (a call per device
-# was the largest Redis cost of a flush: see docs/stream-processing.md). Returns how many were updated.
+# KEYS: fleet zset, then one device hash per device. ARGV[1]: now_ms; ARGV[2]: a JSON array with one entry
+# per device hash, [device_id, device_type, seq ('' = none), ts, rx, metrics, key] (numbers as decimal
+# strings: keys reach 2^64 and Lua numbers are doubles). One call and one argument for many devices: a call
+# per device, and seven arguments each, were the largest Redis cost of a flush (docs/stream-processing.md).
+# Returns how many devices were updated.
 # Order is (ts, key): time first, the key (seq, or the metrics hash of a seq-less device) breaks ties. So a
 # rebooted device (seq back to 1, later ts) overwrites, and a duplicate or older reading never does. Numbers
-# are compared as decimal strings (length, then text): keys reach 2^64 and Lua numbers are doubles.
+# are compared as decimal strings (length, then text).
 UPDATE_LATEST = """
 local function greater(a, b)
   if #a ~= #b then return #a > #b end
   return a > b
 end
+local items = cjson.decode(ARGV[2])
 local updated = 0
 for i = 2, #KEYS do
-  local base = 1 + (i - 2) * 7
-  local device_id, device_type, seq = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
-  local ts, rx, metrics_json, key = ARGV[base + 4], ARGV[base + 5], ARGV[base + 6], ARGV[base + 7]
+  local device_id, device_type, seq, ts, rx, metrics, key = unpack(items[i - 1])
   local newer = true
   local cur = redis.call('HMGET', KEYS[i], 'ts', 'k', 'seq')
   if cur[1] then
@@ -57,7 +58,7 @@ for i = 2, #KEYS do
       table.insert(fields, 'seq')
       table.insert(fields, seq)
     end
-    for name, value in pairs(cjson.decode(metrics_json)) do
+    for name, value in pairs(metrics) do
       table.insert(fields, 'm:' .. name)
       table.insert(fields, tostring(value))
     end
@@ -68,6 +69,33 @@ for i = 2, #KEYS do
 end
 return updated
 """
+LATEST_PER_CALL = 500  # devices per script call
+
+
+def latest_call(names: RedisNames, batches: list[dict], now_ms: int) -> tuple[list[str], list]:
+    """KEYS and ARGV of one :data:`UPDATE_LATEST` call: the newest reading of each device batch."""
+    keys: list[str] = [names.fleet_index]
+    items = []
+    for batch in batches:
+        readings = batch["readings"]
+        newest = readings[-1] if len(readings) == 1 else max(readings, key=order_of)
+        seq = newest.get("seq")
+        device_id = batch["device_id"]
+        keys.append(names.device_key(device_id))
+        items.append(
+            (
+                device_id,
+                batch["device_type"],
+                "" if seq is None else str(seq),
+                str(newest["ts"]),
+                str(newest.get("rx", 0)),
+                newest["metrics"],
+                str(key_of(newest)),
+            )
+        )
+    return keys, [now_ms, orjson.dumps(items)]
+
+
 # KEYS: channel. ARGV: messages. Many PUBLISHes in one command: subscribers still get one message each, and
 # the client packs and parses one command instead of one per message (the aggregates are ~0.35 per reading).
 PUBLISH_MANY = """
@@ -76,8 +104,7 @@ for i = 1, #ARGV do
 end
 return #ARGV
 """
-PUBLISH_PER_CALL = 1000
-LATEST_PER_CALL = 200  # devices per script call (Lua's unpack() and one call's latency stay small)
+PUBLISH_PER_CALL = 1000  # devices per script call (Lua's unpack() and one call's latency stay small)
 
 
 def snapshot_key(names: RedisNames, app_id: str, topic: str, partition: int) -> str:
@@ -104,23 +131,7 @@ class RedisWriter:
         async with self.redis.pipeline(transaction=True) as pipe:
             batches = fx.batches
             for i in range(0, len(batches), LATEST_PER_CALL):
-                keys: list[str] = [names.fleet_index]
-                args: list = [now_ms]
-                for batch in batches[i : i + LATEST_PER_CALL]:
-                    readings = batch["readings"]
-                    newest = readings[-1] if len(readings) == 1 else max(readings, key=order_of)
-                    seq = newest.get("seq")
-                    device_id = batch["device_id"]
-                    keys.append(names.device_key(device_id))
-                    args += (
-                        device_id,
-                        batch["device_type"],
-                        "" if seq is None else seq,
-                        newest["ts"],
-                        newest.get("rx", 0),
-                        orjson.dumps(newest["metrics"]),
-                        key_of(newest),
-                    )
+                keys, args = latest_call(names, batches[i : i + LATEST_PER_CALL], now_ms)
                 await self._update(keys=keys, args=args, client=pipe)
             await self._publish(pipe, names.channel_readings, fx.published)
             await self._publish(pipe, names.channel_aggregates, [orjson.dumps(agg) for agg in fx.aggregates])
