@@ -61,6 +61,10 @@ LINGER_MS = 200
 VARIANTS: dict[str, tuple[str, dict]] = {
     "device": ("device", {}),
     "device-take2000": ("device", {"stream_take_max": 2000}),
+    "device-tuned": (
+        "device",
+        {"stream_take_max": 2000, "stream_buffer_maxsize": 16384, "stream_max_poll_records": 2000},
+    ),
     "partition-take20": ("partition", {"stream_take_max": 20}),
     "partition-take100": ("partition", {"stream_take_max": 100}),
 }
@@ -154,7 +158,7 @@ def run_one(base: Settings, tmp: Path, name: str, devices: int, seconds: int, ti
     )
     create_topics_sync(s)
     records, readings = asyncio.run(fill(s, mode, devices, seconds))
-    r = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    r = redis.Redis.from_url(s.redis_url, decode_responses=True, socket_timeout=30)
     stats = redis_names(s).stats_key
     env = {**os.environ, **settings_env(s), "PYTHONUNBUFFERED": "1"}
     log = (tmp / f"stream-{tag}.log").open("wb")
@@ -172,7 +176,10 @@ def run_one(base: Settings, tmp: Path, name: str, devices: int, seconds: int, ti
         while time.monotonic() < deadline:
             if worker is None:
                 worker = _worker(proc)
-            done = int(r.hget(stats, "stream.readings") or 0)
+            try:
+                done = int(r.hget(stats, "stream.readings") or 0)
+            except redis.RedisError:  # Redis busy with a large MULTI/EXEC of the worker: ask again
+                continue
             now = time.monotonic()
             if done and first is None:
                 first = (now, done)

@@ -123,8 +123,19 @@ class Settings(BaseSettings):
         default_factory=lambda: [10, 60], description="e.g. 10,60 or [10, 60]"
     )
     stream_window_grace_s: float = 5.0
-    stream_take_max: int = Field(500, ge=1, description="Records (device batches) per Faust take() batch")
+    stream_take_max: int = Field(
+        500,
+        ge=1,
+        description="Records per Faust take() batch = per flush. A partition-mode record carries ~devices/partitions "
+        "x linger readings: use ~20 there (docs/stream-processing.md)",
+    )
     stream_take_within_s: float = Field(0.1, gt=0, description="Max wait to fill a take() batch")
+    stream_buffer_maxsize: int = Field(
+        4096, ge=1, description="Faust stream_buffer_maxsize: events buffered per partition before it pauses fetching"
+    )
+    stream_max_poll_records: int | None = Field(
+        None, ge=1, description="Faust broker_max_poll_records: records per consumer poll (None: Faust's default)"
+    )
     stream_tick_s: float = Field(0.5, gt=0, description="Timer: close windows on wall clock, detect silence")
     stream_stats_interval_s: float = Field(1.0, gt=0, description="How often counters go to Redis")
     stream_rules_file: Path | None = Field(None, description="Anomaly rules YAML (default: packaged rules)")

@@ -390,6 +390,8 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=1,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        broker_max_poll_records=settings.stream_max_poll_records,
         web_enabled=False,
     )
     # Debug records of the Kafka client cost real time per message even when no handler prints them.
