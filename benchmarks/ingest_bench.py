@@ -232,6 +232,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per simulator variant")
     parser.add_argument("--quick", action="store_true", help="fewer variants")
     parser.add_argument("--only", choices=["simulator", "gateways"], help="run one group of variants")
+    parser.add_argument("--gateways", default="1,2,4", help="gateway process counts")
+    parser.add_argument("--batches", default="1,10", help="readings per MQTT message of the gateway variants")
+    parser.add_argument(
+        "--record-modes", default="device", help="IOTP_KAFKA_RECORD_MODE of the gateway variants, interleaved"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the gateway variants (interleaved)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ingest_bench.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -256,13 +263,23 @@ def main() -> None:
                     continue
                 rows.append(bench_simulator(base, tmp, workers, batch, qos, args.duration))
                 console.print(rows[-1])
-            for batch in (1, 10):
-                if args.only == "simulator":
-                    break
-                for n in (1, 2, 4):
-                    if args.quick and batch == 10 and n != 1:
-                        continue
-                    rows.append(bench_gateways(base, tmp, n, args.readings, batch))
+            gateway_variants = [
+                (batch, n, mode)
+                for batch in map(int, args.batches.split(","))
+                for n in map(int, args.gateways.split(","))
+                for mode in args.record_modes.split(",")
+                if not (args.quick and batch == 10 and n != 1)
+            ]
+            for _ in range(args.rounds):
+                for batch, n, mode in gateway_variants:
+                    if args.only == "simulator":
+                        break
+                    row = bench_gateways(
+                        base.model_copy(update={"kafka_record_mode": mode}), tmp, n, args.readings, batch
+                    )
+                    if mode != "device":
+                        row.update(variant=f"{row['variant']}, {mode} records", record_mode=mode)
+                    rows.append(row)
                     console.print(rows[-1])
         finally:
             stack.down()
@@ -274,7 +291,7 @@ def main() -> None:
             note = f"errors {r['errors']}"
         table.add_row(r["variant"], f"{r['readings_per_s']:,}", f"{r['messages_per_s']:,}", note)
     console.print(table)
-    out = ROOT / "benchmarks" / "results" / "ingest_bench.json"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.only and out.exists():  # keep the other group's rows from the previous run
         keep = [r for r in json.loads(out.read_text())["results"] if ("gateways" in r) != (args.only == "gateways")]
