@@ -123,11 +123,11 @@ class Settings(BaseSettings):
         default_factory=lambda: [10, 60], description="e.g. 10,60 or [10, 60]"
     )
     stream_window_grace_s: float = 5.0
-    stream_take_max: int = Field(
-        500,
+    stream_take_max: int | None = Field(
+        None,
         ge=1,
-        description="Records per Faust take() batch = per flush. A partition-mode record carries ~devices/partitions "
-        "x linger readings: use ~20 there (docs/stream-processing.md)",
+        description="Records per Faust take() batch = per flush; unset: 500 device records, or 20 partition records "
+        "(each carries ~devices/partitions x linger readings; docs/stream-processing.md)",
     )
     stream_take_within_s: float = Field(0.1, gt=0, description="Max wait to fill a take() batch")
     stream_buffer_maxsize: int = Field(
@@ -191,6 +191,13 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [int(part) for part in value.split(",") if part.strip()]
         return value
+
+    @property
+    def stream_take(self) -> int:
+        """Records per take() batch (``stream_take_max``, or the record mode's default)."""
+        if self.stream_take_max is not None:
+            return self.stream_take_max
+        return 20 if self.kafka_record_mode == "partition" else 500
 
     @property
     def clickhouse_dsn(self) -> str:

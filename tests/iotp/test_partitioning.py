@@ -9,6 +9,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from history.sink import decode_readings
 from iotp.kafka import partition_for
 from iotp.schema import PartitionBatch, device_batches, encode_batch, encode_partition_batch
+from iotp.settings import Settings
 
 
 def test_partition_equals_aiokafkas_default_partitioner_for_the_device_key() -> None:
@@ -46,3 +47,9 @@ def test_partition_batch_round_trip_and_schema() -> None:
 def test_sink_rows_of_a_partition_record_equal_its_device_records() -> None:
     encoded = [_batch("a", 1), _batch("b", 2)]
     assert decode_readings(encode_partition_batch(encoded)) == [row for e in encoded for row in decode_readings(e)]
+
+
+def test_take_size_follows_the_record_mode_unless_set() -> None:
+    assert Settings().stream_take == 500
+    assert Settings(kafka_record_mode="partition").stream_take == 20  # ~20k readings per flush at 20k devices
+    assert Settings(kafka_record_mode="partition", stream_take_max=100).stream_take == 100
