@@ -55,7 +55,7 @@ from iotp.topics import mqtt_subscription, redis_names
 log = logging.getLogger("iotp.gateway")
 
 MAX_READINGS_PER_RECORD = 500
-MAX_READINGS_PER_PARTITION_RECORD = 5000  # partition mode: ~0.8 MB of JSON, well inside max_request_size
+MAX_READINGS_PER_PARTITION_RECORD = 2000  # partition mode: ~0.3-0.5 MB, under Kafka's 1 MB default uncompressed
 SESSION_EXPIRY_S = 3600
 
 
