@@ -45,6 +45,7 @@ from aiokafka import AIOKafkaConsumer  # noqa: E402
 from infra.kafka_admin import create_topics_sync  # noqa: E402
 from infra.ports import free_port  # noqa: E402
 from infra.stack import LocalStack, settings_env  # noqa: E402
+from iotp.schema import device_batches  # noqa: E402
 from iotp.settings import Settings  # noqa: E402
 
 console = Console()
@@ -102,7 +103,7 @@ async def forwarded(settings: Settings, expected: int, timeout: float) -> tuple[
             got = False
             for recs in batches.values():
                 for rec in recs:
-                    for r in orjson.loads(rec.value)["readings"]:
+                    for r in (r for b in device_batches(orjson.loads(rec.value)) for r in b["readings"]):
                         if r["id"] not in ids:
                             rx.append(r["rx"])
                         ids.add(r["id"])
@@ -231,6 +232,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per simulator variant")
     parser.add_argument("--quick", action="store_true", help="fewer variants")
     parser.add_argument("--only", choices=["simulator", "gateways"], help="run one group of variants")
+    parser.add_argument("--gateways", default="1,2,4", help="gateway process counts")
+    parser.add_argument("--batches", default="1,10", help="readings per MQTT message of the gateway variants")
+    parser.add_argument(
+        "--record-modes", default="device", help="IOTP_KAFKA_RECORD_MODE of the gateway variants, interleaved"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the gateway variants (interleaved)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ingest_bench.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -255,13 +263,23 @@ def main() -> None:
                     continue
                 rows.append(bench_simulator(base, tmp, workers, batch, qos, args.duration))
                 console.print(rows[-1])
-            for batch in (1, 10):
-                if args.only == "simulator":
-                    break
-                for n in (1, 2, 4):
-                    if args.quick and batch == 10 and n != 1:
-                        continue
-                    rows.append(bench_gateways(base, tmp, n, args.readings, batch))
+            gateway_variants = [
+                (batch, n, mode)
+                for batch in map(int, args.batches.split(","))
+                for n in map(int, args.gateways.split(","))
+                for mode in args.record_modes.split(",")
+                if not (args.quick and batch == 10 and n != 1)
+            ]
+            for _ in range(args.rounds):
+                for batch, n, mode in gateway_variants:
+                    if args.only == "simulator":
+                        break
+                    row = bench_gateways(
+                        base.model_copy(update={"kafka_record_mode": mode}), tmp, n, args.readings, batch
+                    )
+                    if mode != "device":
+                        row.update(variant=f"{row['variant']}, {mode} records", record_mode=mode)
+                    rows.append(row)
                     console.print(rows[-1])
         finally:
             stack.down()
@@ -273,7 +291,7 @@ def main() -> None:
             note = f"errors {r['errors']}"
         table.add_row(r["variant"], f"{r['readings_per_s']:,}", f"{r['messages_per_s']:,}", note)
     console.print(table)
-    out = ROOT / "benchmarks" / "results" / "ingest_bench.json"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.only and out.exists():  # keep the other group's rows from the previous run
         keep = [r for r in json.loads(out.read_text())["results"] if ("gateways" in r) != (args.only == "gateways")]

@@ -27,7 +27,7 @@ from collections.abc import Hashable, Iterable
 import orjson
 import redis.asyncio as aioredis
 
-from iotp.schema import now_ms
+from iotp.schema import device_batches, now_ms
 
 log = logging.getLogger("iotp.api.hub")
 
@@ -183,12 +183,22 @@ class Hub:
         except orjson.JSONDecodeError:
             self.bad_messages += 1
             return
+        if channel == "readings" and isinstance(payload, dict) and "batches" in payload:
+            # partition mode (IOTP_KAFKA_RECORD_MODE=partition): one message carries many device batches;
+            # subscribers keep getting one frame per device batch, encoded only when someone wants it
+            for batch in device_batches(payload):
+                if isinstance(batch, dict):
+                    self._offer(channel, batch, None)
+            return
+        self._offer(channel, payload, data)
+
+    def _offer(self, channel: str, payload: dict, data: bytes | None) -> None:
         device_id, key = message_key(channel, payload)
         frame = None
         for sub in self.subscribers:
             if sub.wants(channel, device_id):
                 if frame is None:
-                    frame = frame_bytes(channel, data)
+                    frame = frame_bytes(channel, orjson.dumps(payload) if data is None else data)
                 sub.offer(key, frame)
 
     def stats(self) -> dict:

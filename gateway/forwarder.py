@@ -16,6 +16,14 @@ exponential backoff until they succeed (nothing is acked meanwhile, so the windo
 pauses). A second process with the same client id takes the session over: the gateway then exits with an
 error instead of fighting for it.
 
+Record mode (``IOTP_KAFKA_RECORD_MODE``): ``device`` (default) sends one record per device per linger
+window, key = device id. ``partition`` groups the pending device batches by the partition each device id
+maps to under Kafka's default partitioner (:func:`iotp.kafka.partition_for`, partition count from the
+producer's cluster metadata) and sends one :class:`iotp.schema.PartitionBatch` per partition per window
+with an explicit partition: a device always lands in the same partition as in device mode, and its
+records are sent in order, so per-device order is unchanged; the stream job pays its per-record cost once
+for many devices.
+
 Counters go to Prometheus (``gateway.metrics``) and, about once a second, to the Redis stats hash
 (``gateway.received``/``forwarded``/``rejected``: MQTT messages / readings / MQTT messages;
 ``gateway.backfill``: readings accepted as backfill, older than the live skew).
@@ -36,18 +44,19 @@ from aiokafka.errors import KafkaError
 
 from gateway import metrics
 from gateway.validation import Limits, Rejected, is_backfill, topic_device_id, validate_payload
-from iotp.kafka import make_producer
+from iotp.kafka import make_producer, partition_for
 from iotp.mqtt import connect, make_client
 from iotp.mqtt_asyncio import AsyncioMqtt
 from iotp.profile_store import ProfileWatcher, settings_fallback
 from iotp.retry import Backoff, retry_forever
-from iotp.schema import encode_batch, now_ms, order_of, reading_id
+from iotp.schema import encode_batch, encode_partition_batch, now_ms, order_of, reading_id
 from iotp.settings import Settings
 from iotp.topics import mqtt_subscription, redis_names
 
 log = logging.getLogger("iotp.gateway")
 
 MAX_READINGS_PER_RECORD = 500
+MAX_READINGS_PER_PARTITION_RECORD = 2000  # partition mode: ~0.3-0.5 MB, under Kafka's 1 MB default uncompressed
 SESSION_EXPIRY_S = 3600
 SEND_BACKOFF = Backoff(0.1, 5.0)  # a record send: its readings stay unacked on MQTT until it succeeds
 START_BACKOFF = Backoff(0.5, 10.0)  # the producer's first connection
@@ -96,6 +105,9 @@ class Gateway:
         self.max_inflight = settings.gateway_max_inflight
         self.resume_below = int(self.max_inflight * 0.8)
         self.pending: dict[str, DeviceBatch] = {}
+        self.partition_mode = settings.kafka_record_mode == "partition"
+        self.partition_count = 0  # partition mode: of the readings topic, from the producer's metadata
+        self.partition_of: dict[str, int] = {}  # device id -> partition (murmur2 is pure Python: cached)
         self.inflight = 0
         self.exit_code = 0
         self.sends: set[asyncio.Task] = set()
@@ -190,21 +202,75 @@ class Gateway:
         task.add_done_callback(self.sends.discard)
 
     def flush(self) -> None:
+        if self.partition_mode and self.partition_count:
+            self._flush_partitions(list(self.pending))
+            return
         for device_id in list(self.pending):
             self._flush_device(device_id)
 
     def _flush_device(self, device_id: str) -> None:
+        if self.partition_mode and self.partition_count:
+            self._flush_partitions([device_id])
+            return
         batch = self.pending.pop(device_id)
         batch.readings.sort(key=order_of)
         value = encode_batch(device_id, batch.device_type, batch.readings)
         self._spawn(self._send(device_id, value, batch))
 
+    def _partition(self, device_id: str) -> int:
+        p = self.partition_of.get(device_id)
+        if p is None:
+            p = self.partition_of[device_id] = partition_for(device_id.encode(), self.partition_count)
+        return p
+
+    def _flush_partitions(self, device_ids: list[str]) -> None:
+        """Partition mode: one record per partition (split at MAX_READINGS_PER_PARTITION_RECORD readings,
+        a device batch never split) with the device batches of ``device_ids``."""
+        groups: dict[int, list[tuple[bytes, DeviceBatch]]] = {}
+        sizes: dict[int, int] = {}
+        for device_id in device_ids:
+            batch = self.pending.pop(device_id)
+            batch.readings.sort(key=order_of)
+            p = self._partition(device_id)
+            if sizes.get(p, 0) + len(batch.readings) > MAX_READINGS_PER_PARTITION_RECORD and groups.get(p):
+                self._send_partition(p, groups.pop(p))
+                sizes[p] = 0
+            groups.setdefault(p, []).append((encode_batch(device_id, batch.device_type, batch.readings), batch))
+            sizes[p] = sizes.get(p, 0) + len(batch.readings)
+        for p, items in groups.items():
+            self._send_partition(p, items)
+
+    def _send_partition(self, partition: int, items: list[tuple[bytes, DeviceBatch]]) -> None:
+        value = encode_partition_batch([encoded for encoded, _ in items])
+        self._spawn(self._send_record(None, partition, value, [batch for _, batch in items]))
+
+    async def _refresh_partitions(self) -> None:
+        """Partition mode: the readings topic's partition count from the producer's cluster metadata (a
+        change re-maps devices, as it would re-map device keys)."""
+        if not self.partition_mode:
+            return
+        try:
+            count = len(await asyncio.wait_for(self.producer.partitions_for(self.settings.topic_readings), 10))
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("no partition metadata for %s yet (%s)", self.settings.topic_readings, exc)
+            return
+        if count != self.partition_count:
+            if self.partition_count:
+                log.warning("readings topic now has %d partitions (was %d)", count, self.partition_count)
+            self.partition_count = count
+            self.partition_of.clear()
+
     async def _send_with_retry(
-        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None = None
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
     ) -> None:
         async def attempt() -> None:
             started = time.perf_counter()
-            fut = await self.producer.send(topic, value=value, key=key, headers=headers)
+            fut = await self.producer.send(topic, value=value, key=key, headers=headers, partition=partition)
             await fut
             metrics.KAFKA_LATENCY.observe(time.perf_counter() - started)
 
@@ -218,15 +284,22 @@ class Gateway:
         )
 
     async def _send(self, device_id: str, value: bytes, batch: DeviceBatch) -> None:
-        await self._send_with_retry(self.settings.topic_readings, value, device_id.encode())
+        await self._send_record(device_id.encode(), None, value, [batch])
+
+    async def _send_record(
+        self, key: bytes | None, partition: int | None, value: bytes, batches: list[DeviceBatch]
+    ) -> None:
+        await self._send_with_retry(self.settings.topic_readings, value, key, partition=partition)
+        n = sum(len(batch.readings) for batch in batches)
         metrics.RECORDS_SENT.inc()
-        metrics.READINGS_FORWARDED.inc(len(batch.readings))
-        self.counts["forwarded"] += len(batch.readings)
+        metrics.READINGS_FORWARDED.inc(n)
+        self.counts["forwarded"] += n
         self.counts["records"] += 1
-        for ticket in batch.tickets:
-            ticket.outstanding -= 1
-            if ticket.outstanding == 0:
-                self._ack(ticket)
+        for batch in batches:
+            for ticket in batch.tickets:
+                ticket.outstanding -= 1
+                if ticket.outstanding == 0:
+                    self._ack(ticket)
 
     async def _dead_letter(self, msg: mqtt.MQTTMessage, rej: Rejected, rx_ms: int) -> None:
         headers = [
@@ -249,6 +322,7 @@ class Gateway:
                 loop.add_signal_handler(sig, self.stopping.set)
         self.producer = make_producer(self.settings)
         await self._start_producer()
+        await self._refresh_partitions()
         profiles_task = await self._start_profiles()
         self.client = make_client(
             self.settings,
@@ -316,6 +390,8 @@ class Gateway:
             metrics.RECEIVED.inc(self.counts["received"] - self._received_seen)
             self._received_seen = self.counts["received"]
             metrics.INFLIGHT.set(self.inflight)
+            if self.partition_mode:
+                await self._refresh_partitions()
             self.flush()
 
     async def _drain(self) -> None:

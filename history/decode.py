@@ -13,7 +13,7 @@ import orjson
 from pydantic import ValidationError
 
 from history.columns import AGGREGATE_FIELDS, ALERT_FIELDS
-from iotp.schema import NO_SEQ, Alert, WindowAggregate, reading_key
+from iotp.schema import NO_SEQ, Alert, WindowAggregate, device_batches, reading_key
 
 MAX_TS_MS = 10_000_000_000_000  # year 2286, inside DateTime64(3)'s range
 
@@ -35,19 +35,26 @@ def _str(value: Any, name: str) -> str:
 
 
 def decode_readings(raw: bytes | None) -> list[tuple]:
-    """A :class:`iotp.schema.ReadingBatch` -> rows of ``readings`` (one per reading x metric).
+    """A :class:`iotp.schema.ReadingBatch`, or a partition-mode :class:`iotp.schema.PartitionBatch` of many,
+    -> rows of ``readings`` (one per reading x metric). A record is stored or rejected as a whole.
 
     The ``seq`` column holds the reading's key (``iotp.schema.reading_key``): the seq, or for a device that
     sends none ``NO_SEQ | metrics hash`` (>= 2^63), so ``(device_id, ts, seq)`` is the identity in ClickHouse."""
     try:
-        batch = orjson.loads(raw or b"")
+        value = orjson.loads(raw or b"")
     except orjson.JSONDecodeError as exc:
         raise Rejected(f"not JSON: {exc}") from None
+    rows: list[tuple] = []
+    for batch in device_batches(value):
+        _batch_rows(batch, rows)
+    return rows
+
+
+def _batch_rows(batch: Any, rows: list[tuple]) -> None:
     if not isinstance(batch, dict) or not isinstance(batch.get("readings"), list):
         raise Rejected("not a ReadingBatch: missing 'readings' list")
     device_id = _str(batch.get("device_id"), "device_id")
     device_type = _str(batch.get("device_type"), "device_type")
-    rows = []
     for r in batch["readings"]:
         if not isinstance(r, dict) or not isinstance(r.get("metrics"), dict):
             raise Rejected("reading without a 'metrics' object")
@@ -64,7 +71,6 @@ def decode_readings(raw: bytes | None) -> list[tuple]:
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise Rejected(f"metric {metric!r} is not a finite number: {value!r}")
             rows.append((device_id, device_type, _str(metric, "metric"), ts, float(value), key, rx))
-    return rows
 
 
 def decode_aggregate(raw: bytes | None) -> list[tuple]:

@@ -262,7 +262,7 @@ class ClickHouseSink:
             return
         self.rows_written += rows
         self.readings_written += sum(
-            len({(row[3], row[5]) for row in r.rows})  # distinct identities (ts, key) of the record
+            len({(row[0], row[3], row[5]) for row in r.rows})  # distinct identities (device, ts, key) of the record
             for b in blocks
             if b.target.per_partition
             for r in b.records

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 
 from iotp.settings import Settings
 
@@ -39,3 +40,11 @@ def make_consumer(settings: Settings, *topics: str, group_id: str | None, **over
     )
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner chooses for ``key`` among ``partitions`` partitions
+    (murmur2 of the key bytes, made positive, modulo the count): the Java client's and aiokafka's
+    ``DefaultPartitioner`` rule. Partition-mode records are sent to it explicitly, so a device lands where
+    its device-keyed records would."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

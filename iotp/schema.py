@@ -19,6 +19,12 @@ Kafka record on the readings topic: key = device id (so a device's readings stay
 partition), value = a :class:`ReadingBatch` -- the normalized readings of that device that the gateway
 collected within its linger window. Carrying several readings per record is what keeps the per-record
 cost of the stream jobs affordable (see docs/architecture.md).
+
+Partition mode (``IOTP_KAFKA_RECORD_MODE=partition``, explicit and opt-in): one record carries the device
+batches of *many* devices of one partition -- value = a :class:`PartitionBatch` ``{"v": 1, "batches":
+[ReadingBatch, ...]}``, key = none, sent with an explicit partition: exactly the partition Kafka's default
+partitioner would choose for each device id as key (:func:`iotp.kafka.partition_for`), so a device's
+readings still live in one partition, in order. Consumers accept both forms (:func:`device_batches`).
 """
 
 from __future__ import annotations
@@ -135,6 +141,28 @@ class ReadingBatch(BaseModel):
 def encode_batch(device_id: str, device_type: str, readings: list[dict]) -> bytes:
     """Fast path used by the gateway: readings are dicts already shaped like NormalizedReading."""
     return orjson.dumps({"v": SCHEMA_VERSION, "device_id": device_id, "device_type": device_type, "readings": readings})
+
+
+class PartitionBatch(BaseModel):
+    """The value of a partition-mode record: device batches of devices that all map to the record's
+    partition (each device at most once per record, its readings in (ts, key) order)."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    batches: list[ReadingBatch]
+
+
+def encode_partition_batch(encoded_batches: list[bytes]) -> bytes:
+    """Fast path used by the gateway: a :class:`PartitionBatch` from already encoded device batches."""
+    return b'{"v":1,"batches":[' + b",".join(encoded_batches) + b"]}"
+
+
+def device_batches(value: object) -> list:
+    """The device batches inside a decoded readings-topic value: the list of a :class:`PartitionBatch`, or
+    ``[value]`` for a :class:`ReadingBatch` (or anything else, for the caller's own validation)."""
+    if isinstance(value, dict) and "batches" in value and "readings" not in value:
+        batches = value["batches"]
+        return batches if isinstance(batches, list) else [batches]
+    return [value]
 
 
 class WindowAggregate(BaseModel):

@@ -23,6 +23,7 @@ import orjson
 import psutil
 import redis
 
+from iotp.schema import device_batches
 from iotp.topics import RedisNames
 
 
@@ -69,12 +70,12 @@ class RedisLatencyProbe:
             if prefix not in data[:120]:
                 continue
             now = time.time() * 1000
-            batch = orjson.loads(data)
             with self._lock:
-                for r in batch["readings"]:
-                    self.latencies_ms.append(now - r["ts"])
-                    self.ids.add(r["id"])
-                self.readings += len(batch["readings"])
+                for batch in device_batches(orjson.loads(data)):  # a device batch, or many (partition mode)
+                    for r in batch["readings"]:
+                        self.latencies_ms.append(now - r["ts"])
+                        self.ids.add(r["id"])
+                    self.readings += len(batch["readings"])
 
     def take(self) -> tuple[list[float], int]:
         """Latencies and reading count since the last call."""

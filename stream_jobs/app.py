@@ -1,9 +1,9 @@
 """The Faust application: one agent over the readings topic plus a wall-clock timer. Run with
 ``iotp stream`` (several workers share the partitions).
 
-Records on the readings topic are device batches (see ``iotp.schema``); the agent takes them in
-batches (``stream.take_events``) and hands every reading to plain Python (:mod:`stream_jobs.engine`:
-dedup, windows, detectors). Per flush it then
+Records on the readings topic are device batches, or partition batches of many (see ``iotp.schema``); the
+agent takes them in batches (``stream.take_events``, ``Settings.stream_take`` records) and hands every
+reading to plain Python (:mod:`stream_jobs.engine`: dedup, windows, detectors). Per flush it then
 
 1. produces the closed windows and alert events to Kafka and waits for the broker's acks,
 2. writes Redis in one MULTI/EXEC (latest state, pub/sub, open alerts, and the snapshot of the device
@@ -374,6 +374,8 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=1,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        broker_max_poll_records=settings.stream_max_poll_records,
         web_enabled=False,
     )
     # Debug records of the Kafka client cost real time per message even when no handler prints them.
@@ -392,7 +394,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(job.readings_topic)
     async def process_readings(stream):
-        async for events in stream.take_events(settings.stream_take_max, within=settings.stream_take_within_s):
+        async for events in stream.take_events(settings.stream_take, within=settings.stream_take_within_s):
             await job.process(events)
 
     @app.timer(interval=settings.stream_tick_s)

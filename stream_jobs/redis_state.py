@@ -6,7 +6,8 @@
   number of workers, and a rebooted device's new readings do. The device hash also gets ``status``
   (online/offline) and ``open_alerts`` (a count, set absolutely -- idempotent).
 * Open alerts: hash ``RedisNames.open_alerts`` alert id -> Alert JSON (HSET on open, HDEL on resolve).
-* Pub/sub: readings (the batch as received), aggregates and alerts.
+* Pub/sub: readings (the record as received: a device batch, or in partition mode a PartitionBatch of
+  many), aggregates and alerts.
 * The stream job's own snapshot: one hash per readings partition, ``__offset__`` and ``__mark__`` (the
   offset with the fingerprint of the record below it, :mod:`iotp.kafka_marks`) + device id -> state.
 
@@ -27,39 +28,87 @@ from iotp.schema import key_of, order_of
 from iotp.topics import RedisNames
 from stream_jobs.engine import Effects, Engine
 
-# KEYS: device hash, fleet zset. ARGV: device_id, device_type, seq ('' = none), ts, rx, metrics-json, now_ms, key.
+# KEYS: fleet zset, then one device hash per device. ARGV[1]: now_ms; ARGV[2]: a JSON array with one entry
+# per device hash, [device_id, device_type, seq ('' = none), ts, rx, metrics, key] (numbers as decimal
+# strings: keys reach 2^64 and Lua numbers are doubles). One call and one argument for many devices: a call
+# per device, and seven arguments each, were the largest Redis cost of a flush (docs/stream-processing.md).
+# Returns how many devices were updated.
 # Order is (ts, key): time first, the key (seq, or the metrics hash of a seq-less device) breaks ties. So a
 # rebooted device (seq back to 1, later ts) overwrites, and a duplicate or older reading never does. Numbers
-# are compared as decimal strings (length, then text): keys reach 2^64 and Lua numbers are doubles.
+# are compared as decimal strings (length, then text).
 UPDATE_LATEST = """
 local function greater(a, b)
   if #a ~= #b then return #a > #b end
   return a > b
 end
-local cur = redis.call('HMGET', KEYS[1], 'ts', 'k', 'seq')
-if cur[1] then
-  local cur_key = cur[2] or cur[3] or ''
-  if greater(cur[1], ARGV[4]) or (cur[1] == ARGV[4] and not greater(ARGV[8], cur_key)) then
-    return 0
+local items = cjson.decode(ARGV[2])
+local updated = 0
+for i = 2, #KEYS do
+  local device_id, device_type, seq, ts, rx, metrics, key = unpack(items[i - 1])
+  local newer = true
+  local cur = redis.call('HMGET', KEYS[i], 'ts', 'k', 'seq')
+  if cur[1] then
+    local cur_key = cur[2] or cur[3] or ''
+    if greater(cur[1], ts) or (cur[1] == ts and not greater(key, cur_key)) then
+      newer = false
+    end
+  end
+  if newer then
+    local fields = {'device_id', device_id, 'device_type', device_type, 'ts', ts, 'k', key,
+                    'rx', rx, 'last_seen', ARGV[1], 'status', 'online'}
+    if seq == '' then
+      redis.call('HDEL', KEYS[i], 'seq')
+    else
+      table.insert(fields, 'seq')
+      table.insert(fields, seq)
+    end
+    for name, value in pairs(metrics) do
+      table.insert(fields, 'm:' .. name)
+      table.insert(fields, tostring(value))
+    end
+    redis.call('HSET', KEYS[i], unpack(fields))
+    redis.call('ZADD', KEYS[1], ts, device_id)
+    updated = updated + 1
   end
 end
-local metrics = cjson.decode(ARGV[6])
-local fields = {'device_id', ARGV[1], 'device_type', ARGV[2], 'ts', ARGV[4], 'k', ARGV[8],
-                'rx', ARGV[5], 'last_seen', ARGV[7], 'status', 'online'}
-if ARGV[3] == '' then
-  redis.call('HDEL', KEYS[1], 'seq')
-else
-  table.insert(fields, 'seq')
-  table.insert(fields, ARGV[3])
-end
-for name, value in pairs(metrics) do
-  table.insert(fields, 'm:' .. name)
-  table.insert(fields, tostring(value))
-end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-return 1
+return updated
 """
+LATEST_PER_CALL = 500  # devices per script call
+
+
+def latest_call(names: RedisNames, batches: list[dict], now_ms: int) -> tuple[list[str], list]:
+    """KEYS and ARGV of one :data:`UPDATE_LATEST` call: the newest reading of each device batch."""
+    keys: list[str] = [names.fleet_index]
+    items = []
+    for batch in batches:
+        readings = batch["readings"]
+        newest = readings[-1] if len(readings) == 1 else max(readings, key=order_of)
+        seq = newest.get("seq")
+        device_id = batch["device_id"]
+        keys.append(names.device_key(device_id))
+        items.append(
+            (
+                device_id,
+                batch["device_type"],
+                "" if seq is None else str(seq),
+                str(newest["ts"]),
+                str(newest.get("rx", 0)),
+                newest["metrics"],
+                str(key_of(newest)),
+            )
+        )
+    return keys, [now_ms, orjson.dumps(items)]
+
+
+# KEYS: channel. ARGV: messages. Many PUBLISHes in one command: subscribers still get one message each, and
+# the client packs and parses one command instead of one per message (the aggregates are ~0.35 per reading).
+PUBLISH_MANY = """
+for i = 1, #ARGV do
+  redis.call('PUBLISH', KEYS[1], ARGV[i])
+end
+return #ARGV
+"""
+PUBLISH_PER_CALL = 1000  # devices per script call (Lua's unpack() and one call's latency stay small)
 
 
 def snapshot_key(names: RedisNames, app_id: str, topic: str, partition: int) -> str:
@@ -73,6 +122,7 @@ class RedisWriter:
         self.app_id = app_id
         self.topic = topic
         self._update = client.register_script(UPDATE_LATEST)
+        self._publish_many = client.register_script(PUBLISH_MANY)
 
     def snapshot_key(self, partition: int) -> str:
         return snapshot_key(self.names, self.app_id, self.topic, partition)
@@ -83,28 +133,12 @@ class RedisWriter:
     async def write(self, fx: Effects, engine: Engine, now_ms: int) -> None:
         names = self.names
         async with self.redis.pipeline(transaction=True) as pipe:
-            for batch, raw in fx.batches:
-                readings = batch["readings"]
-                newest = max(readings, key=order_of)
-                seq = newest.get("seq")
-                device_id = batch["device_id"]
-                await self._update(
-                    keys=[names.device_key(device_id), names.fleet_index],
-                    args=[
-                        device_id,
-                        batch["device_type"],
-                        "" if seq is None else seq,
-                        newest["ts"],
-                        newest.get("rx", 0),
-                        orjson.dumps(newest["metrics"]),
-                        now_ms,
-                        key_of(newest),
-                    ],
-                    client=pipe,
-                )
-                pipe.publish(names.channel_readings, raw)
-            for agg in fx.aggregates:
-                pipe.publish(names.channel_aggregates, orjson.dumps(agg))
+            batches = fx.batches
+            for i in range(0, len(batches), LATEST_PER_CALL):
+                keys, args = latest_call(names, batches[i : i + LATEST_PER_CALL], now_ms)
+                await self._update(keys=keys, args=args, client=pipe)
+            await self._publish(pipe, names.channel_readings, fx.published)
+            await self._publish(pipe, names.channel_aggregates, [orjson.dumps(agg) for agg in fx.aggregates])
             for alert in fx.alerts:
                 data = orjson.dumps(alert)
                 if alert["state"] == "open":
@@ -132,6 +166,14 @@ class RedisWriter:
                 if partition not in fx.dirty and fields:
                     pipe.hset(self.snapshot_key(partition), mapping=fields)
             await pipe.execute()
+
+    async def _publish(self, pipe: aioredis.client.Pipeline, channel: str, messages: list[bytes]) -> None:
+        if len(messages) <= 2:
+            for message in messages:
+                pipe.publish(channel, message)
+            return
+        for i in range(0, len(messages), PUBLISH_PER_CALL):
+            await self._publish_many(keys=[channel], args=messages[i : i + PUBLISH_PER_CALL], client=pipe)
 
     @staticmethod
     def _offset_fields(engine: Engine, partition: int) -> dict[FieldT, EncodableT]:

@@ -20,10 +20,11 @@ DEVICES = 5
 PER_DEVICE = 10
 
 
-async def test_readings_flow_to_clickhouse_redis_and_websocket(isolated_settings, processes):
-    settings = isolated_settings
+@pytest.mark.parametrize("record_mode", ["device", "partition"])  # IOTP_KAFKA_RECORD_MODE
+async def test_readings_flow_to_clickhouse_redis_and_websocket(isolated_settings, processes, record_mode):
+    settings = isolated_settings.model_copy(update={"kafka_record_mode": record_mode})
     for name in ("gateway", "stream", "api"):
-        processes.start(name)
+        processes.start(name, settings=settings)
     base = settings.api_url
     headers = {"Authorization": f"Bearer {settings.api_token}"}
 

@@ -11,7 +11,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
+from iotp.kafka import partition_for
 from iotp.mqtt import connect, make_client
+from iotp.schema import device_batches
 from iotp.settings import Settings
 
 
@@ -41,13 +43,19 @@ async def read_until(
     return records
 
 
-def reading_ids(records: list[ConsumerRecord]) -> list[str]:
-    """Reading ids inside the device batches of the readings topic (duplicates kept)."""
+def reading_ids(records: list[ConsumerRecord], partitions: int = 4) -> list[str]:
+    """Reading ids inside the device batches of the readings topic (duplicates kept). A device-mode record's
+    key is its device id; a partition-mode record (no key) sits in the partition of each of its devices."""
     ids = []
     for rec in records:
-        batch = orjson.loads(rec.value)
-        assert rec.key.decode() == batch["device_id"]
-        ids.extend(r["id"] for r in batch["readings"])
+        value = orjson.loads(rec.value)
+        for batch in device_batches(value):
+            if rec.key is None:
+                assert "batches" in value
+                assert partition_for(batch["device_id"].encode(), partitions) == rec.partition, batch["device_id"]
+            else:
+                assert rec.key.decode() == batch["device_id"]
+            ids.extend(r["id"] for r in batch["readings"])
     return ids
 
 

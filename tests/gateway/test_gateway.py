@@ -15,7 +15,8 @@ from iotp.topics import mqtt_topic, redis_names
 from tests.gateway.cases import CASES, good
 from tests.gateway.helpers import PacedPublisher, metric_value, read_until, reading_ids
 from tests.support.mqtt_publish import publish_payloads
-from tests.support.services import docker_available
+from tests.support.processes import ProcessGroup
+from tests.support.services import docker_available, isolated
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -138,3 +139,34 @@ async def test_broker_restart_keeps_accepted_readings_queued_for_the_gateway(
     _start_gateway(processes, name)
     records = await read_until(settings, settings.topic_readings, lambda recs: ids <= set(reading_ids(recs)), 60)
     assert ids - set(reading_ids(records)) == set(), "readings accepted before the restart were lost"
+
+
+@pytest.fixture
+def partition_settings(stack_settings, tmp_path):
+    return isolated(stack_settings, tmp_path / "state", kafka_record_mode="partition")
+
+
+async def test_partition_mode_forwards_every_reading_once_in_device_order(partition_settings, tmp_path):
+    """IOTP_KAFKA_RECORD_MODE=partition: keyless records, each carrying the device batches of many devices,
+    every device in the partition Kafka's default partitioner gives its id (checked by reading_ids), every
+    reading exactly once, each device's readings in order along its partition."""
+    settings = partition_settings
+    group = ProcessGroup(settings, tmp_path / "logs")
+    try:
+        gw = group.start("gateway", "--client-id", f"gw-{uuid.uuid4().hex[:6]}", "--metrics-port", "0")
+        wait_for(lambda: b"subscribed" in gw.log.read_bytes() or not gw.alive(), 60, message="gateway subscribed")
+        assert gw.alive(), gw.output()
+        items, ids = _readings(settings, 40, 50, f"p{uuid.uuid4().hex[:6]}")  # 2000 readings
+        publish_payloads(settings, items, qos=1)
+        records = await read_until(settings, settings.topic_readings, lambda recs: ids <= set(reading_ids(recs)), 60)
+        got = reading_ids(records)
+        assert sorted(got) == sorted(ids), "every reading exactly once"
+        assert all(r.key is None for r in records)
+        assert max(len(orjson.loads(r.value)["batches"]) for r in records) > 1
+        seqs: dict[str, list[int]] = {}
+        for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
+            for batch in orjson.loads(rec.value)["batches"]:
+                seqs.setdefault(batch["device_id"], []).extend(r["seq"] for r in batch["readings"])
+        assert all(s == sorted(s) for s in seqs.values()), "per-device order"
+    finally:
+        group.stop_all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from iotp.schema import reading_key
+from iotp.schema import NO_SEQ, reading_key
 from stream_jobs.detectors import load_rules
 from stream_jobs.engine import DEDUP_MEMORY, DUPLICATE, NEW, OUT_OF_ORDER, Effects, Engine
 
@@ -101,13 +101,30 @@ def test_snapshot_round_trip_keeps_the_memory() -> None:
     assert engine2.counters["stream.duplicates"] == 3
 
 
+def test_a_snapshot_with_the_distance_encoded_memory_restores() -> None:
+    """Snapshots written before the flat ``r`` memory carry ``m``: distances from the newest identity (a
+    metrics-hash key as its decimal string)."""
+    engine = Engine([10], 5, RULES)
+    rs = [reading(T0 + i * 1000, i) for i in range(1, 11)] + [reading(T0 + 20_000, None, 3.0)]
+    engine.apply(0, 0, record(rs), T0, Effects())
+    ds = engine.device(0, "c1")
+    state = ds.to_state()
+    nts, nkey = ds.newest
+    del state["r"]
+    state["m"] = [x for ts, key in ds.recent for x in (nts - ts, str(key) if key >= NO_SEQ else nkey - key)]
+    engine2 = Engine([10], 5, RULES)
+    engine2.load_partition(0, {b"__offset__": b"1", b"c1": orjson.dumps(state)})
+    ds2 = engine2.device(0, "c1")
+    assert (ds2.newest, ds2.floor, list(ds2.recent), ds2.seen) == (ds.newest, ds.floor, list(ds.recent), ds.seen)
+
+
 def test_an_old_seq_bitmask_snapshot_restores() -> None:
     """Redis snapshots written before this change carry ``seq``/``seen``: they load, readings up to the old
     newest (window watermark, seq) count as seen, later ones and a reboot are new."""
     engine = Engine([10], 5, RULES)
     engine.apply(0, 0, record([reading(T0 + i * 1000, i) for i in range(1, 6)]), T0, Effects())
     state = engine.device(0, "c1").to_state()
-    for name in ("n", "f", "m"):
+    for name in ("n", "f", "r"):
         del state[name]
     state.update(seq=5, seen=31)
     engine2 = Engine([10], 5, RULES)

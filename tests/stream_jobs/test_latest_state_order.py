@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import uuid
 
-import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from iotp.schema import NO_SEQ
 from iotp.topics import RedisNames
-from stream_jobs.redis_state import UPDATE_LATEST
+from stream_jobs.redis_state import UPDATE_LATEST, latest_call
 
 pytestmark = pytest.mark.integration
 T0 = 1_763_800_000_000
@@ -25,9 +24,11 @@ async def latest(stack_settings):
     script = client.register_script(UPDATE_LATEST)
 
     async def write(device: str, seq: int | None, ts: int, key: int | None = None, value: float = 1.0) -> int:
-        key = seq if key is None else key
-        args = [device, "climate", "" if seq is None else seq, ts, ts, orjson.dumps({"t": value}), ts, key]
-        return await script(keys=[names.device_key(device), names.fleet_index], args=args)
+        reading = {"seq": seq, "ts": ts, "rx": ts, "metrics": {"t": value}}
+        if seq is None:
+            reading["k"] = key
+        keys, args = latest_call(names, [{"device_id": device, "device_type": "climate", "readings": [reading]}], ts)
+        return await script(keys=keys, args=args)
 
     async def state(device: str) -> dict:
         return await client.hgetall(names.device_key(device))
@@ -64,3 +65,22 @@ async def test_a_hash_written_before_the_change_still_orders(latest) -> None:
     assert await write("o", 1763800000099, T0 - 1) == 0  # older
     assert await write("o", 1, T0 + 1000, value=5.0) == 1  # rebooted after the upgrade
     assert float((await state("o"))["m:t"]) == 5.0
+
+
+async def test_one_call_updates_many_devices_each_by_its_own_order(latest) -> None:
+    write, state, client, names = latest
+    assert await write("a", 5, T0 + 5000, value=5.0) == 1
+    script = client.register_script(UPDATE_LATEST)
+    devices = [("a", 4, T0 + 4000), ("b", 1, T0 + 1000), ("c", 2, T0 + 2000)]  # a: older, must not overwrite
+    batches = [
+        {
+            "device_id": d,
+            "device_type": "climate",
+            "readings": [{"seq": q, "ts": ts, "rx": ts, "metrics": {"t": float(q)}}],
+        }
+        for d, q, ts in devices
+    ]
+    keys, args = latest_call(names, batches, T0)
+    assert await script(keys=keys, args=args) == 2
+    assert [float((await state(d))["m:t"]) for d in "abc"] == [5.0, 1.0, 2.0]
+    assert await client.zscore(names.fleet_index, "c") == T0 + 2000
