@@ -97,6 +97,9 @@ class ClickHouseSink:
         self._stats = SinkStats(redis, RedisNames(settings.redis_prefix).stats_key) if redis is not None else None
         self._buffers: dict[TopicPartition, Buffer] = {}
         self._plans: dict[TopicPartition, Plan] = {}
+        # Bumped whenever positions jump (a rebalance, or the rewind after a failed commit): the rest of a
+        # fetched batch then belongs to positions that no longer hold and is left to be fetched again.
+        self._epoch = 0
         self._oldest = 0.0
         self._stop: asyncio.Event | None = None
         self._consumer: AIOKafkaConsumer | None = None  # both set by run()
@@ -142,11 +145,13 @@ class ClickHouseSink:
     # --- partition bookkeeping ---
 
     def _drop(self, tps: set[TopicPartition]) -> None:
+        self._epoch += 1
         for tp in tps:
             self._buffers.pop(tp, None)
             self._plans.pop(tp, None)
 
     async def _load_plans(self, tps: set[TopicPartition]) -> None:
+        self._epoch += 1
         readings = [tp for tp in tps if tp.topic == self.settings.topic_readings]
         if not readings:
             return
@@ -160,6 +165,11 @@ class ClickHouseSink:
             if plan.first == start <= plan.last:
                 log.info("replaying planned block %s[%d..%d] with its token", tp, plan.first, plan.last)
                 self._plans[tp] = plan
+                # Records fetched while the plans were being read (the fetcher does not wait for this
+                # listener) would join the replayed block, and vanish with its token in ClickHouse: start the
+                # partition again exactly at the block's first offset (also where nothing was committed yet).
+                self._buffers.pop(tp, None)
+                self.consumer.seek(tp, plan.first)
             else:
                 self._plans.pop(tp, None)
 
@@ -251,6 +261,7 @@ class ClickHouseSink:
             log.warning("commit failed after insert (%s); rewinding to the committed offsets", exc)
             self._plans.clear()
             self._buffers.clear()
+            self._epoch += 1
             assigned = set(self.consumer.assignment())
             try:
                 if assigned:
@@ -310,9 +321,14 @@ class ClickHouseSink:
         try:
             while not stop.is_set():
                 data = await consumer.getmany(timeout_ms=200, max_records=5000)
-                for messages in data.values():
-                    for message in messages:
-                        await self._add(message)
+                epoch = self._epoch
+                for message in (m for messages in data.values() for m in messages):
+                    if self._epoch != epoch:
+                        # a flush inside _add rewound, or a rebalance moved the partitions: the rest of this
+                        # batch is stale (adding it would put records out of order into the buffers and
+                        # commit offsets backwards); Kafka returns it again from the new positions
+                        break
+                    await self._add(message)
                 total = self._total_rows()
                 pending = any(b.records for b in self._buffers.values())
                 due = pending and time.monotonic() - self._oldest >= self.settings.sink_batch_seconds
