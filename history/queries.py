@@ -13,6 +13,7 @@ from typing import Literal
 
 from clickhouse_connect.driver.client import Client
 
+from history.columns import ALERT_FIELDS
 from history.migrations import QUANTILES, TABLES, current_ttl_days
 from iotp.schema import NO_SEQ, now_ms
 
@@ -255,24 +256,6 @@ def top_devices(
     ]
 
 
-ALERT_COLUMNS = [
-    "alert_id",
-    "device_id",
-    "device_type",
-    "metric",
-    "rule",
-    "severity",
-    "state",
-    "value",
-    "expected_min",
-    "expected_max",
-    "first_seen",
-    "last_seen",
-    "resolved_at",
-    "message",
-]
-
-
 def alert_history(
     client: Client,
     database: str,
@@ -314,7 +297,7 @@ def alert_history(
         "ORDER BY first_seen DESC, alert_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
         parameters=params,
     ).result_rows
-    return [{**dict(zip(ALERT_COLUMNS, row, strict=True)), "v": 1} for row in rows]
+    return [{**dict(zip(ALERT_FIELDS, row, strict=True)), "v": 1} for row in rows]
 
 
 def count_rows(client: Client, database: str) -> dict[str, int]:
