@@ -33,7 +33,7 @@ from iotp.schema import now_ms
 from iotp.settings import Settings
 from iotp.topics import mqtt_topic
 from simulator.anomalies import AnomalyInjector
-from simulator.fleet import Device, build_fleet
+from simulator.fleet import Device
 from simulator.malformed import random_corruption
 from simulator.scenario import Scenario
 from simulator.stream import emit
@@ -290,19 +290,6 @@ def run_publisher(
 
 
 # ------------------------------------------------------------------ scenario runs (1..N workers)
-def _fleet_for(scenario: Scenario, seq0: int, profiles: Profiles | None = None) -> list[Device]:
-    return build_fleet(
-        scenario.fleet.devices,
-        seed=scenario.seed,
-        mix=scenario.fleet.mix,
-        prefix=scenario.fleet.id_prefix,
-        seq0=seq0,
-        profiles=profiles,
-        reboot_every=scenario.fleet.reboot_every,
-        no_seq_fraction=scenario.fleet.no_seq_fraction,
-    )
-
-
 def _run_part(
     settings: Settings,
     scenario: Scenario,
@@ -316,7 +303,7 @@ def _run_part(
     tick_s: float,
     profiles: Profiles | None = None,
 ) -> PublishStats:
-    fleet = _fleet_for(scenario, seq0, profiles)
+    fleet = scenario.build_fleet(seq0, profiles)
     mine = fleet[index::workers]
     if not mine:
         return PublishStats(done=True)

@@ -30,8 +30,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from iotp.profiles import Profiles
 from simulator.anomalies import KINDS, ScheduledAnomaly
-from simulator.fleet import DEFAULT_MIX, Device
+from simulator.fleet import DEFAULT_MIX, Device, build_fleet
 
 
 class FleetSpec(BaseModel):
@@ -95,6 +96,19 @@ class Scenario(BaseModel):
     @property
     def device_interval_s(self) -> float:
         return self.fleet.devices / self.total_rate
+
+    def build_fleet(self, seq0: int | None = None, profiles: Profiles | None = None) -> list[Device]:
+        """The scenario's fleet (:func:`simulator.fleet.build_fleet` with its size, mix, prefix and options)."""
+        return build_fleet(
+            self.fleet.devices,
+            seed=self.seed,
+            mix=self.fleet.mix,
+            prefix=self.fleet.id_prefix,
+            seq0=seq0,
+            profiles=profiles,
+            reboot_every=self.fleet.reboot_every,
+            no_seq_fraction=self.fleet.no_seq_fraction,
+        )
 
     def resolved_schedule(self, devices: list[Device]) -> list[ScheduledAnomaly]:
         """The schedule with device indexes turned into ids of ``devices``."""

@@ -29,7 +29,7 @@ from typing import Any
 
 from iotp.profiles import Profiles
 from simulator.anomalies import AnomalyInjector
-from simulator.fleet import Device, build_fleet
+from simulator.fleet import Device
 from simulator.scenario import Scenario, load_scenario
 
 
@@ -105,16 +105,7 @@ def generate_readings(
     else:
         scenario = scenario_or_fleet if isinstance(scenario_or_fleet, Scenario) else load_scenario(scenario_or_fleet)
         scenario = scenario.with_overrides(anomaly_rate=anomaly_rate, seed=seed)
-        devices = build_fleet(
-            scenario.fleet.devices,
-            seed=scenario.seed,
-            mix=scenario.fleet.mix,
-            prefix=scenario.fleet.id_prefix,
-            seq0=start_ms,
-            profiles=profiles,
-            reboot_every=scenario.fleet.reboot_every,
-            no_seq_fraction=scenario.fleet.no_seq_fraction,
-        )
+        devices = scenario.build_fleet(start_ms, profiles)
         interval = interval_s or scenario.device_interval_s
         schedule = scenario.resolved_schedule(devices)
     run_seed = seed if seed is not None else scenario.seed
