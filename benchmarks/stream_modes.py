@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil
 import redis
 
+from benchmarks.stream_throughput import isolated_settings
 from infra.kafka_admin import create_topics_sync
 from infra.ports import free_port
 from infra.stack import LocalStack, settings_env
@@ -141,21 +141,7 @@ async def fill(settings: Settings, mode: str, devices: int, seconds: int) -> tup
 
 def run_one(base: Settings, tmp: Path, name: str, devices: int, seconds: int, timeout: float, profile: Path | None):
     mode, overrides = VARIANTS[name]
-    tag = uuid.uuid4().hex[:8]
-    s = base.model_copy(
-        update=dict(
-            topic_readings=f"b{tag}.readings",
-            topic_deadletter=f"b{tag}.dlq",
-            topic_aggregates=f"b{tag}.aggregates",
-            topic_alerts=f"b{tag}.alerts",
-            topic_sink_deadletter=f"b{tag}.sdlq",
-            redis_prefix=f"b{tag}",
-            stream_app_id=f"bench-{tag}",
-            stream_stats_interval_s=0.5,
-            kafka_record_mode=mode,
-            **overrides,
-        )
-    )
+    s, tag = isolated_settings(base, kafka_record_mode=mode, **overrides)
     create_topics_sync(s)
     records, readings = asyncio.run(fill(s, mode, devices, seconds))
     r = redis.Redis.from_url(s.redis_url, decode_responses=True, socket_timeout=30)

@@ -74,7 +74,8 @@ async def fill(settings: Settings, records: int, devices: int, per_record: int) 
     return records * per_record
 
 
-def variant(base: Settings, tmp: Path, records: int, devices: int, per_record: int, timeout: float) -> dict:
+def isolated_settings(base: Settings, **overrides) -> tuple[Settings, str]:
+    """``base`` with topics, Redis prefix and stream app of their own (one benchmark variant), and the tag."""
     tag = uuid.uuid4().hex[:8]
     s = base.model_copy(
         update=dict(
@@ -86,8 +87,14 @@ def variant(base: Settings, tmp: Path, records: int, devices: int, per_record: i
             redis_prefix=f"b{tag}",
             stream_app_id=f"bench-{tag}",
             stream_stats_interval_s=0.5,
+            **overrides,
         )
     )
+    return s, tag
+
+
+def variant(base: Settings, tmp: Path, records: int, devices: int, per_record: int, timeout: float) -> dict:
+    s, tag = isolated_settings(base)
     create_topics_sync(s)
     readings = asyncio.run(fill(s, records, devices, per_record))
     r = redis.Redis.from_url(s.redis_url, decode_responses=True)
