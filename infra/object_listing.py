@@ -75,13 +75,14 @@ class ListingIndex:
         self._dirs[path] = d
         return d
 
-    def stored(self, path: Path) -> None:
-        """After ``path`` was written: its directory's entry, and new directories in their parents."""
+    def stored(self, path: Path, st: os.stat_result) -> None:
+        """After ``path`` was written (``st``: its stat): its directory's entry, and new directories in their
+        parents."""
         d = self._dirs.get(path.parent)
         if d is not None:
             if path.name not in d.xml:
                 bisect.insort(d.names, path.name)
-            d.xml[path.name] = contents_xml(d.key_prefix + path.name, path.stat())
+            d.xml[path.name] = contents_xml(d.key_prefix + path.name, st)
         child = path.parent
         while child != self.root and child.parent != child:
             parent = self._dirs.get(child.parent)

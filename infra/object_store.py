@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import signal
+import stat
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -107,7 +108,7 @@ class ObjectStore:
             st = path.stat()
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return st if not path.is_dir() else None
+        return None if stat.S_ISDIR(st.st_mode) else st
 
     # ---- objects -----------------------------------------------------------------------------------
     async def put_object(self, request: web.Request, bucket: str, key: str) -> web.Response:
@@ -129,8 +130,9 @@ class ObjectStore:
         with open(tmp, "wb") as fh:
             fh.write(body)
         os.replace(tmp, path)
-        self.index.stored(path)
-        return web.Response(status=200, headers={"ETag": etag_of(path.stat())})
+        written = path.stat()
+        self.index.stored(path, written)
+        return web.Response(status=200, headers={"ETag": etag_of(written)})
 
     async def get_object(self, request: web.Request, bucket: str, key: str, head: bool = False) -> web.StreamResponse:
         path = self._object_path(bucket, key)
