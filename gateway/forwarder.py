@@ -44,6 +44,7 @@ from aiokafka.errors import KafkaError
 
 from gateway import metrics
 from gateway.validation import Limits, Rejected, is_backfill, topic_device_id, validate_payload
+from iotp import paho_speedups
 from iotp.kafka import make_producer, partition_for
 from iotp.mqtt import connect, make_client
 from iotp.mqtt_asyncio import AsyncioMqtt
@@ -129,7 +130,12 @@ class Gateway:
             return
         metrics.MQTT_RECONNECTS.inc()
         client.subscribe(mqtt_subscription(self.settings), qos=1)
-        log.info("MQTT connected as %s (session present=%s), subscribed", self.client_id, flags.session_present)
+        log.info(
+            "MQTT %s connected as %s (session present=%s), subscribed",
+            self.settings.gateway_mqtt_protocol,
+            self.client_id,
+            flags.session_present,
+        )
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.stopping is None or self.stopping.is_set():
@@ -320,6 +326,8 @@ class Gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError, RuntimeError):  # not the main thread (tests)
                 loop.add_signal_handler(sig, self.stopping.set)
+        if self.settings.gateway_mqtt_protocol == "5" and self.settings.mqtt_shared_property_tables:
+            paho_speedups.install()
         self.producer = make_producer(self.settings)
         await self._start_producer()
         await self._refresh_partitions()
@@ -330,6 +338,7 @@ class Gateway:
             clean_start=False,
             manual_ack=True,
             max_inflight=min(self.max_inflight, 65535),
+            protocol=self.settings.gateway_mqtt_protocol,
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

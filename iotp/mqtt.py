@@ -1,4 +1,4 @@
-"""A paho-mqtt client built from the settings (MQTT 5, optional credentials and TLS)."""
+"""A paho-mqtt client built from the settings (MQTT 5 or 3.1.1, optional credentials and TLS)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,16 @@ def make_client(
     clean_start: bool = True,
     manual_ack: bool = False,
     max_inflight: int = 1000,
+    protocol: str = "5",
 ) -> mqtt.Client:
+    """``protocol`` "5" (default) or "3.1.1"; with 3.1.1 ``clean_start=False`` becomes a persistent session
+    (``clean_session=False``), the only kind 3.1.1 has."""
+    v5 = protocol == "5"
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id or f"iotp-{uuid.uuid4().hex[:12]}",
-        protocol=mqtt.MQTTv5,
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        clean_session=None if v5 else clean_start,
         manual_ack=manual_ack,
     )
     client.max_inflight_messages_set(max_inflight)
@@ -39,9 +44,14 @@ def make_client(
 
 
 def connect(client: mqtt.Client, settings: Settings, session_expiry_s: int = 0) -> None:
-    """Connect with MQTT 5 properties: a persistent session when ``session_expiry_s`` > 0."""
+    """Connect with MQTT 5 properties: a persistent session when ``session_expiry_s`` > 0 (MQTT 3.1.1: the
+    session kind was fixed by :func:`make_client`)."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
+
+    if client.protocol != mqtt.MQTTv5:
+        client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30)
+        return
 
     props = Properties(PacketTypes.CONNECT)
     if session_expiry_s:

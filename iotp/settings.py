@@ -31,6 +31,18 @@ class Settings(BaseSettings):
     mqtt_ca_file: Path | None = None
     mqtt_topic_prefix: str = "iotp/telemetry"
     mqtt_share_group: str = "iotp-gateway"
+    gateway_mqtt_protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="MQTT version of the gateway's subscription. 5: session expiry, and a second gateway "
+        "with the same client id is detected (reason code 142) and this one exits; 3.1.1: a persistent "
+        "session (clean_session=false) without expiry and without takeover detection, and no MQTT 5 "
+        "property decoding per message (measured in docs/performance.md)",
+    )
+    mqtt_shared_property_tables: bool = Field(
+        True,
+        description="MQTT 5: decode incoming PUBLISH properties with lookup tables built once "
+        "(iotp/paho_speedups.py) instead of paho's per-message rebuild; off = stock paho",
+    )
 
     # --- Kafka (tansu locally, Apache Kafka in docker-compose) ---
     kafka_bootstrap: str = "127.0.0.1:19092"

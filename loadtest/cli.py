@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+
+class Publisher(StrEnum):
+    lean = "lean"
+    simulator = "simulator"
 
 
 def loadtest(
@@ -15,7 +21,14 @@ def loadtest(
     step_seconds: Annotated[float, typer.Option(help="Publishing time per step")] = 20.0,
     drain_seconds: Annotated[float, typer.Option(help="Max wait for the backlog after a step")] = 30.0,
     devices: Annotated[int, typer.Option(help="Devices (power meters: 5 metrics per reading)")] = 200,
-    workers: Annotated[int, typer.Option(help="Simulator publisher processes")] = 2,
+    workers: Annotated[int | None, typer.Option(help="Publisher processes (default: 1 lean, 2 simulator)")] = None,
+    publisher: Annotated[
+        Publisher,
+        typer.Option(
+            help="lean: the fleet's readings over hand-framed MQTT 3.1.1 (about a tenth of the simulator's CPU "
+            "per message, so the test measures the pipeline); simulator: the real simulator (paho, MQTT 5)",
+        ),
+    ] = Publisher.lean,
     batch: Annotated[int, typer.Option(help="Readings per MQTT message")] = 1,
     qos: Annotated[int, typer.Option(min=0, max=1)] = 1,
     reference: Annotated[bool, typer.Option(help="Measure the raw broker and Kafka limits too")] = True,
@@ -49,11 +62,13 @@ def loadtest(
     if pause_simulator and "simulator" in pids:
         stack.supervisor.stop("simulator")
         pids.pop("simulator")
+    workers = workers or (1 if publisher is Publisher.lean else 2)
     rates = [rate] if rate else [float(x) for x in ramp.split(",") if x.strip()]
     test = LoadTest(
         settings,
         devices=devices,
         workers=workers,
+        publisher=publisher.value,
         batch=batch,
         qos=qos,
         step_s=step_seconds,
@@ -88,6 +103,7 @@ def loadtest(
     config = {
         "devices": devices,
         "workers": workers,
+        "publisher": publisher.value,
         "batch": batch,
         "qos": qos,
         "step_s": step_seconds,

@@ -1,7 +1,9 @@
 """Drive the running pipeline step by step and measure every stage.
 
-One step = publish at the offered rate for ``step_s`` seconds (the real simulator, as subprocess workers,
-with a device-id prefix of its own), then let the pipeline drain for at most ``drain_s`` seconds, and
+One step = publish at the offered rate for ``step_s`` seconds (``publisher="lean"``, the default: the
+simulator's fleet and readings sent by :mod:`loadtest.lean_publisher`, about a tenth of the simulator's CPU
+per message; ``"simulator"``: the real simulator with its paho client; both as subprocesses, with a
+device-id prefix of their own), then let the pipeline drain for at most ``drain_s`` seconds, and
 measure:
 
 - throughput per stage over the publishing window, from the cumulative counters every stage keeps in the
@@ -109,6 +111,7 @@ class LoadTest:
     drain_s: float = 30.0
     max_drain_s: float = 5.0
     mix: dict[str, float] = field(default_factory=lambda: {"power": 1.0})
+    publisher: str = "lean"  # or "simulator"
     pids: dict[str, int] = field(default_factory=dict)
     log: Callable[..., object] = print
 
@@ -137,19 +140,13 @@ class LoadTest:
         scenario_file = workdir / f"{prefix}scenario.yaml"
         scenario_file.write_text(yaml.safe_dump(scenario))
         stats_file = workdir / f"{prefix}stats.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "iotp_cli",
-            "simulate",
-            "--scenario",
-            str(scenario_file),
-            "--workers",
-            str(self.workers),
-            "--stats-json",
-            str(stats_file),
-            "--quiet",
-        ]
+        if self.publisher == "lean":
+            cmd = [sys.executable, "-m", "loadtest.lean_publisher", "--scenario", str(scenario_file)]
+        elif self.publisher == "simulator":
+            cmd = [sys.executable, "-m", "iotp_cli", "simulate", "--scenario", str(scenario_file), "--quiet"]
+        else:
+            raise ValueError(f"unknown publisher {self.publisher!r} (lean or simulator)")
+        cmd += ["--workers", str(self.workers), "--stats-json", str(stats_file)]
         with tempfile.TemporaryFile() as output:
             proc = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT)
             sampler.watch_each("publisher", proc.pid)

@@ -64,6 +64,7 @@ class PublishStats:
     reconnects: int = 0
     behind_s: float = 0.0  # how far the schedule is behind the clock
     elapsed: float = 0.0
+    cpu_s: float = 0.0  # CPU time (user + sys) of the publishing loop itself, summed over workers
     anomalies: int = 0  # anomalies recorded in the ground truth
     workers: int = 1
     done: bool = False
@@ -104,6 +105,7 @@ class PublishStats:
                 "errors",
                 "reconnects",
                 "anomalies",
+                "cpu_s",
             ):
                 setattr(total, name, getattr(total, name) + getattr(p, name))
             total.behind_s = max(total.behind_s, p.behind_s)
@@ -235,6 +237,7 @@ def run_publisher(
     rng = random.Random(f"{seed}:malformed:{devices[0].device_id if devices else ''}")
     acks = _Acks(stats) if qos else None
     client = _connect(settings, opts, stats, acks)
+    cpu_started = time.process_time()
 
     topics = {d.device_id: mqtt_topic(settings, d.device_type, d.device_id) for d in devices}
     device_interval_ms = 1000.0 * len(devices) / rate
@@ -283,6 +286,7 @@ def run_publisher(
         if injector is not None:
             injector.close(now_ms())
     stats.elapsed = max(end - started, 1e-9)
+    stats.cpu_s = round(time.process_time() - cpu_started, 3)
     stats.behind_s = max(0.0, end - next_at)
     stats.anomalies = len(injector.truth) if injector else 0
     stats.done = True

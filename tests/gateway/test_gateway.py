@@ -33,9 +33,9 @@ def _readings(settings, devices: int, per_device: int, tag: str) -> tuple[list[t
     return items, ids
 
 
-def _start_gateway(processes, name: str, metrics_port: int = 0):
+def _start_gateway(processes, name: str, metrics_port: int = 0, env: dict[str, str] | None = None):
     """Start a gateway and wait until it subscribed (a shared subscription only receives from then on)."""
-    gw = processes.start("gateway", "--client-id", name, "--metrics-port", str(metrics_port))
+    gw = processes.start("gateway", "--client-id", name, "--metrics-port", str(metrics_port), env=env)
     wait_for(lambda: b"subscribed" in gw.log.read_bytes() or not gw.alive(), 60, message="gateway subscribed")
     assert gw.alive(), gw.output()
     return gw
@@ -83,17 +83,22 @@ async def test_malformed_payloads_dead_lettered_while_good_flow(isolated_setting
     assert int(stats["gateway.received"]) == len(CASES) + len(good_ids)
 
 
-async def test_kill_9_mid_stream_loses_nothing(isolated_settings, processes):
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_kill_9_mid_stream_loses_nothing(isolated_settings, processes, protocol):
+    """Both MQTT versions of the gateway's subscription keep a persistent session: what the killed gateway
+    had not acked is redelivered to its successor."""
     settings = isolated_settings
     name = f"gw-{uuid.uuid4().hex[:6]}"
-    gw = _start_gateway(processes, name)
+    env = {"IOTP_GATEWAY_MQTT_PROTOCOL": protocol}
+    gw = _start_gateway(processes, name, env=env)
+    assert f"MQTT {protocol} connected".encode() in gw.log.read_bytes()
     items, ids = _readings(settings, 20, 150, f"k{uuid.uuid4().hex[:6]}")  # 3000 readings
     publisher = PacedPublisher(settings, items, rate=600)
     publisher.start()
     wait_for(lambda: publisher.published >= 1000, 30, message="publishing under way")
     gw.kill9()
     wait_for(lambda: publisher.published >= 1500, 30, message="publishing while the gateway is dead")
-    gw2 = _start_gateway(processes, name)
+    gw2 = _start_gateway(processes, name, env=env)
     publisher.join(60)
     assert publisher.error is None, publisher.error
     records = await read_until(settings, settings.topic_readings, lambda recs: ids <= set(reading_ids(recs)), 90)
