@@ -14,7 +14,9 @@ Reconnects: the MQTT connection is re-established with exponential backoff and, 
 session of a STABLE client id, the broker redelivers what was not acked; Kafka sends are retried with
 exponential backoff until they succeed (nothing is acked meanwhile, so the window fills and MQTT reading
 pauses). A second process with the same client id takes the session over: the gateway then exits with an
-error instead of fighting for it.
+error instead of fighting for it; and since Mosquitto 2.0.11 does not send that reason code, a gateway
+first takes a lease on its client id in Redis (:mod:`gateway.client_lease`) and exits (code 3) if another
+live gateway holds it.
 
 Record mode (``IOTP_KAFKA_RECORD_MODE``): ``device`` (default) sends one record per device per linger
 window, key = device id. ``partition`` groups the pending device batches by the partition each device id
@@ -41,8 +43,10 @@ from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
 from gateway import metrics
+from gateway.client_lease import ClientIdLease, LeaseHeld
 from gateway.validation import Limits, Rejected, is_backfill, topic_device_id, validate_payload
 from iotp import paho_speedups
 from iotp.kafka import make_producer, partition_for
@@ -326,6 +330,10 @@ class Gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError, RuntimeError):  # not the main thread (tests)
                 loop.add_signal_handler(sig, self.stopping.set)
+        lease = await self._take_client_id()
+        if lease is None:
+            return self.exit_code
+        lease_task = asyncio.ensure_future(self._keep_client_id(lease))
         if self.settings.gateway_mqtt_protocol == "5" and self.settings.mqtt_shared_property_tables:
             paho_speedups.install()
         self.producer = make_producer(self.settings)
@@ -356,6 +364,10 @@ class Gateway:
             await self._drain()
         finally:
             flusher.cancel()
+            lease_task.cancel()
+            await lease.release()
+            with contextlib.suppress(Exception):
+                await lease.redis.aclose()
             profiles_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await profiles_task
@@ -371,6 +383,41 @@ class Gateway:
                 with contextlib.suppress(Exception):
                     await self._redis.aclose()
         return self.exit_code
+
+    async def _take_client_id(self) -> ClientIdLease | None:
+        """The lease on our MQTT client id (:mod:`gateway.client_lease`); None = another live gateway holds
+        it, and this one must exit (code 3) before it takes that gateway's MQTT session."""
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(self.settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        lease = ClientIdLease(client, redis_names(self.settings).gateway_client_lease(self.client_id))
+        try:
+            await lease.acquire()
+        except LeaseHeld as held:
+            log.error(
+                "another gateway (%s) is running with MQTT client id %r; give each gateway its own "
+                "--client-id or --index. Exiting.",
+                held.holder,
+                self.client_id,
+            )
+            self.exit_code = 3
+            await client.aclose()
+            return None
+        except (RedisError, OSError) as exc:
+            log.warning("Redis unreachable (%s): running without the client id lease, will keep trying", exc)
+        return lease
+
+    async def _keep_client_id(self, lease: ClientIdLease) -> None:
+        lost = asyncio.Event()
+        await lease.keep(lost)
+        if lost.is_set() and self.stopping is not None:
+            log.error(
+                "another gateway now holds the lease on MQTT client id %r; give each gateway its own "
+                "--client-id or --index. Exiting.",
+                self.client_id,
+            )
+            self.exit_code = 3
+            self.stopping.set()
 
     async def _start_profiles(self) -> asyncio.Task:
         """Load the live device profiles once before taking messages, then poll for changes."""

@@ -73,6 +73,11 @@ class RedisNames:
         """Integer incremented by every change of the profiles hash; readers poll it."""
         return f"{self.prefix}:profiles:version"
 
+    def gateway_client_lease(self, client_id: str) -> str:
+        """String ``<host>:<pid>:<token>`` with a TTL: the gateway process holding MQTT client id
+        ``client_id`` (see ``gateway.client_lease``)."""
+        return f"{self.prefix}:gateway:client:{client_id}"
+
     @property
     def stats_key(self) -> str:
         """Hash of pipeline counters (field names: :mod:`iotp.stats`), fields ``<stage>.<counter>``:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import orjson
@@ -99,6 +100,7 @@ async def test_kill_9_mid_stream_loses_nothing(isolated_settings, processes, pro
     gw.kill9()
     wait_for(lambda: publisher.published >= 1500, 30, message="publishing while the gateway is dead")
     gw2 = _start_gateway(processes, name, env=env)
+    assert b"took the client id lease" in gw2.log.read_bytes()  # at once: the killed holder's pid is gone
     publisher.join(60)
     assert publisher.error is None, publisher.error
     records = await read_until(settings, settings.topic_readings, lambda recs: ids <= set(reading_ids(recs)), 90)
@@ -175,3 +177,22 @@ async def test_partition_mode_forwards_every_reading_once_in_device_order(partit
         assert all(s == sorted(s) for s in seqs.values()), "per-device order"
     finally:
         group.stop_all()
+
+
+def test_a_second_gateway_with_the_same_client_id_exits_and_the_first_keeps_its_session(isolated_settings, processes):
+    """Two gateways with one client id would take the persistent MQTT session from each other in a loop
+    (Mosquitto 2.0.11 sends no "session taken over" reason code): the second finds the first's lease on the
+    client id, exits with code 3 and says why, and the first keeps forwarding without a reconnect."""
+    name = f"gw-{uuid.uuid4().hex[:6]}"
+    first = _start_gateway(processes, name)
+    second = processes.start("gateway", "--client-id", name, "--metrics-port", "0")
+    wait_for(lambda: not second.alive(), 30, message="the second gateway exits")
+    assert second.popen.returncode == 3, second.output()
+    assert "is running with MQTT client id" in second.output()
+    items, ids = _readings(isolated_settings, 5, 4, f"l{uuid.uuid4().hex[:6]}")
+    publish_payloads(isolated_settings, items, qos=1)
+    records = asyncio.run(
+        read_until(isolated_settings, isolated_settings.topic_readings, lambda recs: ids <= set(reading_ids(recs)), 30)
+    )
+    assert ids <= set(reading_ids(records))
+    assert first.alive() and "MQTT disconnected" not in first.output()
