@@ -49,6 +49,11 @@ from iotp.schema import device_batches  # noqa: E402
 from iotp.settings import Settings  # noqa: E402
 
 console = Console()
+MQTT_VARIANTS = {  # the gateway's MQTT path (settings overrides)
+    "v5": {"gateway_mqtt_protocol": "5", "mqtt_shared_property_tables": True},
+    "v5-stock": {"gateway_mqtt_protocol": "5", "mqtt_shared_property_tables": False},
+    "v311": {"gateway_mqtt_protocol": "3.1.1"},
+}
 
 
 def isolated(base: Settings) -> Settings:
@@ -237,6 +242,12 @@ def main() -> None:
     parser.add_argument(
         "--record-modes", default="device", help="IOTP_KAFKA_RECORD_MODE of the gateway variants, interleaved"
     )
+    parser.add_argument(
+        "--mqtt-variants",
+        default="v5",
+        help="the gateway's MQTT path, interleaved: v5 (MQTT 5, shared property tables: the default), v5-stock "
+        "(MQTT 5, paho's per-message property tables), v311 (MQTT 3.1.1)",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="repeat the gateway variants (interleaved)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ingest_bench.json")
     args = parser.parse_args()
@@ -264,21 +275,24 @@ def main() -> None:
                 rows.append(bench_simulator(base, tmp, workers, batch, qos, args.duration))
                 console.print(rows[-1])
             gateway_variants = [
-                (batch, n, mode)
+                (batch, n, mode, mqtt)
                 for batch in map(int, args.batches.split(","))
                 for n in map(int, args.gateways.split(","))
                 for mode in args.record_modes.split(",")
+                for mqtt in args.mqtt_variants.split(",")
                 if not (args.quick and batch == 10 and n != 1)
             ]
             for _ in range(args.rounds):
-                for batch, n, mode in gateway_variants:
+                for batch, n, mode, mqtt in gateway_variants:
                     if args.only == "simulator":
                         break
-                    row = bench_gateways(
-                        base.model_copy(update={"kafka_record_mode": mode}), tmp, n, args.readings, batch
-                    )
+                    update = {"kafka_record_mode": mode, **MQTT_VARIANTS[mqtt]}
+                    row = bench_gateways(base.model_copy(update=update), tmp, n, args.readings, batch)
+                    row["mqtt"] = mqtt
                     if mode != "device":
                         row.update(variant=f"{row['variant']}, {mode} records", record_mode=mode)
+                    if mqtt != "v5":
+                        row.update(variant=f"{row['variant']}, {mqtt}")
                     rows.append(row)
                     console.print(rows[-1])
         finally:

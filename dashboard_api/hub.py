@@ -165,6 +165,7 @@ class Hub:
                 self.gone[name] += getattr(sub, name)
 
     def wants_local(self, channel: str) -> bool:
+        """Whether any connected subscriber takes ``channel``."""
         return any(channel in sub.channels for sub in self.subscribers)
 
     def publish_local(self, channel: str, data: dict, key: Hashable | None = None) -> None:
@@ -178,6 +179,8 @@ class Hub:
 
     def dispatch(self, channel: str, data: bytes) -> None:
         self.messages += 1
+        if not self.wants_local(channel):
+            return  # nobody watches this channel: not even parsed (at 10k readings/s that is ~5 % of a core)
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:

@@ -66,6 +66,10 @@ class LeaseHeld(Exception):
         self.holder = holder
 
 
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -103,7 +107,7 @@ class ClientIdLease:
         watched: str | None = None
         last_ttl = None
         while True:
-            current = (await self.redis.get(self.key) or b"").decode()
+            current = _text(await self.redis.get(self.key))
             if not current or current == self.holder:
                 if await self._take(current):
                     return
@@ -125,7 +129,7 @@ class ClientIdLease:
         """Extend our lease (or take it if we run without one and it is free). False: another process
         holds it now."""
         if not self.held:
-            current = (await self.redis.get(self.key) or b"").decode()
+            current = _text(await self.redis.get(self.key))
             if current and current != self.holder and not self._dead_here(current):
                 return False
             return await self._take(current)

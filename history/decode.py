@@ -7,6 +7,7 @@ stored raises :class:`Rejected`; the sink sends it to the dead-letter topic with
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import orjson
@@ -73,17 +74,23 @@ def _batch_rows(batch: Any, rows: list[tuple]) -> None:
             rows.append((device_id, device_type, _str(metric, "metric"), ts, float(value), key, rx))
 
 
+_aggregate_row = operator.attrgetter(*AGGREGATE_FIELDS)  # one C call for the row (per-field getattr was ~40 %)
+_AGG_TS = [(name, AGGREGATE_FIELDS.index(name)) for name in ("start", "end")]
+_AGG_FLOATS = [(name, AGGREGATE_FIELDS.index(name)) for name in ("min", "max", "mean", "std")]
+
+
 def decode_aggregate(raw: bytes | None) -> list[tuple]:
     try:
         a = WindowAggregate.model_validate_json(raw or b"")
     except ValidationError as exc:
         raise Rejected(f"not a WindowAggregate: {exc.errors()[0].get('msg')} at {exc.errors()[0].get('loc')}") from None
-    for name in ("start", "end"):
-        _int(getattr(a, name), name, 0, MAX_TS_MS)
-    for name in ("min", "max", "mean", "std"):
-        if not math.isfinite(getattr(a, name)):
+    row = _aggregate_row(a)
+    for name, value in ((n, row[i]) for n, i in _AGG_TS):
+        _int(value, name, 0, MAX_TS_MS)
+    for name, i in _AGG_FLOATS:
+        if not math.isfinite(row[i]):
             raise Rejected(f"{name} is not finite")
-    return [tuple(getattr(a, f) for f in AGGREGATE_FIELDS)]
+    return [row]
 
 
 def decode_alert(raw: bytes | None) -> list[tuple]:
