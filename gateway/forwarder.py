@@ -39,10 +39,14 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from aiokafka.errors import KafkaError
+from paho.mqtt.client import ConnectFlags, DisconnectFlags
+from paho.mqtt.reasoncodes import ReasonCode
 from redis.exceptions import RedisError
 
 from gateway import metrics
@@ -128,7 +132,9 @@ class Gateway:
         self.watcher: ProfileWatcher | None = None
 
     # ------------------------------------------------------------ MQTT callbacks (event loop)
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: ConnectFlags, reason_code: ReasonCode, properties: object
+    ) -> None:
         if reason_code.is_failure:
             log.error("MQTT connect refused: %s", reason_code)
             return
@@ -141,7 +147,14 @@ class Gateway:
             flags.session_present,
         )
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: object,
+    ) -> None:
         if self.stopping is None or self.stopping.is_set():
             return
         if getattr(reason_code, "value", None) == TAKEN_OVER:
@@ -155,7 +168,7 @@ class Gateway:
             return
         log.warning("MQTT disconnected (%s); reconnecting with backoff", reason_code)
 
-    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         self._handle(msg)
         if self.inflight >= self.max_inflight and self.mqtt is not None:
             self.mqtt.pause_reading()
@@ -174,7 +187,7 @@ class Gateway:
         rx_ms = now_ms()
         try:
             readings = validate_payload(
-                msg.payload, rx_ms, self.limits, topic_device_id(msg.topic), self.profiles, self.unknown_type
+                bytes(msg.payload), rx_ms, self.limits, topic_device_id(msg.topic), self.profiles, self.unknown_type
             )
         except Rejected as rej:
             metrics.REJECTED.labels(rej.reason.value).inc()
@@ -206,7 +219,7 @@ class Gateway:
         if self.settings.gateway_linger_ms == 0:
             self.flush()
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self.sends.add(task)
         task.add_done_callback(self.sends.discard)
@@ -371,8 +384,9 @@ class Gateway:
             profiles_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await profiles_task
-            with contextlib.suppress(Exception):
-                await self.watcher.store.redis.aclose()
+            if self.watcher is not None:
+                with contextlib.suppress(Exception):
+                    await self.watcher.store.redis.aclose()
             await self.mqtt.close()
             await self.producer.stop()
             if stats_task is not None:
@@ -436,7 +450,8 @@ class Gateway:
 
     def _profiles_changed(self, profiles: dict) -> None:
         self.profiles = profiles
-        log.info("device profiles loaded (version %s): %s", self.watcher.version, ", ".join(sorted(profiles)))
+        version = self.watcher.version if self.watcher is not None else None
+        log.info("device profiles loaded (version %s): %s", version, ", ".join(sorted(profiles)))
 
     async def _flush_loop(self) -> None:
         """Send what each device collected, every linger period."""
@@ -453,7 +468,8 @@ class Gateway:
     async def _drain(self) -> None:
         """SIGTERM: stop taking messages, forward and ack what was taken, then leave."""
         log.info("draining: %d in flight", self.inflight)
-        self.mqtt.pause_reading()
+        if self.mqtt is not None:
+            self.mqtt.pause_reading()
         with contextlib.suppress(Exception):
             self.client.unsubscribe(mqtt_subscription(self.settings))
         self.flush()
