@@ -21,7 +21,7 @@ def print_table(console: Console, results: list[StepResult]) -> None:
         "stored",
         "Redis p50/p99 ms",
         "CH p50/p99 ms",
-        "lost",
+        "not stored",
         "dup rows",
         "drain s",
         "ok",
@@ -43,7 +43,8 @@ def print_table(console: Console, results: list[StepResult]) -> None:
             f"{rates.get('stored', 0):,.0f}",
             lat(r.redis_latency_ms),
             lat(r.clickhouse_latency_ms),
-            str(r.lost),
+            # not drained: still queued when the drain time ran out (a later step's check would find them)
+            str(r.lost) if r.drained or not r.lost else f"{r.lost:,} (not drained)",
             str(r.duplicates),
             f"{r.drain_s:.1f}",
             "[green]yes[/]" if r.sustainable else "[red]no[/]",
