@@ -6,14 +6,18 @@ agent takes them in batches (``stream.take_events``, ``Settings.stream_take`` re
 reading to plain Python (:mod:`stream_jobs.engine`: dedup, windows, detectors). Per flush it then
 
 1. produces the closed windows and alert events to Kafka and waits for the broker's acks,
-2. writes Redis in one MULTI/EXEC (latest state, pub/sub, open alerts, and the snapshot of the device
-   states it changed together with the partition's next offset),
-3. and only then lets Faust ack the records (``take_events`` acks after the loop body).
+2. writes Redis in one MULTI/EXEC (latest state, pub/sub, open alerts, and -- at most every
+   ``stream_snapshot_interval_s`` -- the snapshot of the device states changed since the last one together
+   with the partitions' next offsets),
+3. and only then acks the records, and only those a written snapshot covers: Faust's own ack after the loop
+   body is held back (one extra reference per message) until then.
 
-So Kafka's committed offset never passes the snapshot: after a crash or rebalance the new owner loads
-the snapshot, skips the redelivered records below the snapshot's offset and continues -- window and
-detector state survive, and every effect that may repeat is idempotent (deterministic alert ids,
-(ts, seq)-compared latest state, absolute HSETs). See docs/stream-processing.md.
+The flush runs while the next batch is processed (:mod:`stream_jobs.flushing`: one flush in flight, written
+in order, its snapshot encoded when it is submitted). So Kafka's committed offset never passes the snapshot:
+after a crash or rebalance the new owner loads the snapshot, skips the redelivered records below the
+snapshot's offset and applies the rest once -- window and detector state survive, and every effect that may
+repeat is idempotent (deterministic alert ids, (ts, seq)-compared latest state, absolute HSETs). See
+docs/stream-processing.md.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from iotp.topics import redis_names
 from stream_jobs.detectors import load_rules
 from stream_jobs.engine import Effects, Engine, PartitionState
 from stream_jobs.faust_consumer import use_fetch_max_wait
+from stream_jobs.flushing import Flusher, Snapshot
 from stream_jobs.redis_state import RedisWriter
 
 log = logging.getLogger("iotp.stream")
@@ -76,6 +81,12 @@ class StreamJob:
         self.writer = RedisWriter(
             aioredis.from_url(settings.redis_url), redis_names(settings), settings.stream_app_id, self.topic
         )
+        self.flusher = Flusher(
+            self._write_flush,
+            lambda dirty, partitions: self.writer.encode_snapshot(self.engine, dirty, partitions),
+            settings.stream_snapshot_interval_s,
+            pipelined=settings.stream_pipeline_flushes,
+        )
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.readings_topic = app.topic(self.topic, **raw)
         self.lock = asyncio.Lock()
@@ -98,6 +109,7 @@ class StreamJob:
         async with self.lock:
             for partition in set(self.engine.partitions) - mine:
                 self.engine.drop_partition(partition)
+                self.flusher.forget([partition])
             loaded: dict[int, PartitionState] = {}
             for partition in sorted(mine - set(self.engine.partitions)):
                 ps = loaded[partition] = self.engine.load_partition(partition, await self.writer.load(partition))
@@ -115,7 +127,7 @@ class StreamJob:
                     self.expect_replay.add(partition)
                     self.first_after_load.add(partition)
             self.owned = mine
-            await self.flush(fx)
+            await self.flush(fx, snapshot=True)
 
     async def validate_offsets(self, partitions: dict[int, PartitionState], fx: Effects, what: str) -> set[int]:
         """Check each partition's mark (offset + fingerprint of the record below it) against Kafka; forget
@@ -175,7 +187,7 @@ class StreamJob:
         fx = Effects()
         for partition in await self.validate_offsets(suspects, fx, "applied"):
             await self.app.consumer.seek(TP(self.topic, partition), 0)
-        await self.flush(fx)
+        await self.flush(fx, snapshot=True)
 
     def _rewind_filter(self, partition: int, offset: int) -> bool:
         """False for a record to leave out: after a load, the first record may lie beyond the snapshot's
@@ -206,10 +218,15 @@ class StreamJob:
     async def on_revoked(self, revoked: set[TP]) -> None:
         gone = {tp.partition for tp in revoked if tp.topic == self.topic}
         async with self.lock:
-            # Everything applied is already in the snapshot (written before the acks): just forget it.
+            # Snapshot what is pending (Faust waited for the acks, which wait for a snapshot, so normally
+            # nothing is) and wait for the flush in flight: no write for a revoked partition may land after
+            # its new owner loaded the snapshot. Then just forget the partitions.
+            await self.flush(Effects(), snapshot=True)
+            await self.flusher.wait()
             self.owned -= gone
             for partition in gone:
                 self.engine.drop_partition(partition)
+            self.flusher.forget(gone)
 
     # ---- processing --------------------------------------------------------------------------------
     async def process(self, events) -> None:
@@ -217,6 +234,7 @@ class StreamJob:
             fx = Effects()
             now = now_ms()
             rewind = set(self.rewinding)
+            acks = []
             for event in events:
                 msg = event.message
                 if msg.partition not in self.owned:
@@ -225,7 +243,11 @@ class StreamJob:
                     continue
                 # round(): Faust gives the Kafka timestamp in float seconds; the mark needs the exact ms
                 self.engine.apply(msg.partition, msg.offset, event.value, round(msg.timestamp * 1000), fx, now)
-            await self.flush(fx)
+                # take_events acks every event after this returns: one more reference holds the ack back
+                # until a snapshot covering the record is in Redis (the Flusher calls event.ack then)
+                msg.incref()
+                acks.append(event.ack)
+            await self.flush(fx, acks)
             for partition in set(self.rewinding) - rewind:
                 await self.app.consumer.seek(TP(self.topic, partition), self.rewinding[partition][0])
 
@@ -244,7 +266,8 @@ class StreamJob:
             fx = Effects()
             caught_up = self.caught_up(now)
             self.engine.tick(now, caught_up, fx, caught_up if self.upstream_alive else set())
-            await self.flush(fx)
+            # a rebalance waits for every started record to be acked: snapshot now rather than at the interval
+            await self.flush(fx, snapshot=self.app.rebalancing)
         if time.monotonic() - self.last_stats >= self.settings.stream_stats_interval_s:
             self.last_stats = time.monotonic()
             await self.write_stats(now)
@@ -284,17 +307,25 @@ class StreamJob:
         except Exception:  # not fetched yet / consumer restarting
             return None
 
-    async def flush(self, fx: Effects) -> None:
-        """Write the effects; retry until they are written. The engine state already includes them and
-        the records are acked after this returns, so giving up would lose them: a Redis or Kafka outage
-        stalls the worker instead (backpressure), and a repeated write is idempotent."""
-        if not fx:
-            return
+    async def flush(self, fx: Effects, acks: list | None = None, *, snapshot: bool = False) -> None:
+        """Submit the effects (and the acks of the records they came from) to the flush pipeline; it writes
+        a snapshot with them when one is due or ``snapshot`` forces it, and acks the records only after
+        that. Returns once the flush is under way (see :mod:`stream_jobs.flushing`)."""
+        await self.flusher.submit(fx, acks or (), snapshot=snapshot)
+
+    async def _write_flush(self, fx: Effects, snapshot: Snapshot | None) -> None:
+        """Write one flush; retry until it is written. The engine state already includes it and its
+        records are acked after it, so giving up would lose them: a Redis or Kafka outage stalls the worker
+        instead (backpressure), and a repeated write is idempotent."""
         await retry_forever(
-            lambda: self._write(fx), what="flush failed", retry_on=Exception, backoff=FLUSH_BACKOFF, log=log
+            lambda: self._write(fx, snapshot),
+            what="flush failed",
+            retry_on=Exception,
+            backoff=FLUSH_BACKOFF,
+            log=log,
         )
 
-    async def _write(self, fx: Effects) -> None:
+    async def _write(self, fx: Effects, snapshot: Snapshot | None) -> None:
         c = self.engine.counters
         producer = self.app.producer
         futures = []
@@ -322,7 +353,7 @@ class StreamJob:
             )
         if futures:
             await asyncio.gather(*futures)  # at-least-once: the outputs are on the broker before the acks
-        await self.writer.write(fx, self.engine, now_ms())
+        await self.writer.write(fx, snapshot, now_ms())
         c["stream.aggregates"] += len(fx.aggregates)
         c["stream.alerts"] += len(fx.alerts)
 
