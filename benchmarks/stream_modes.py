@@ -65,6 +65,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "device",
         {"stream_take_max": 2000, "stream_buffer_maxsize": 16384, "stream_max_poll_records": 2000},
     ),
+    # the flushes as before issue 12's pipelining: one at a time, in line, a snapshot with each
+    "partition-take20-serial": (
+        "partition",
+        {"stream_take_max": 20, "stream_snapshot_interval_s": 0.0, "stream_pipeline_flushes": False},
+    ),
     "partition-take20": ("partition", {"stream_take_max": 20}),
     "partition-take100": ("partition", {"stream_take_max": 100}),
 }

@@ -43,6 +43,7 @@ from stream_jobs.detectors import load_rules
 from stream_jobs.engine import Effects, Engine, PartitionState
 from stream_jobs.faust_consumer import use_fetch_max_wait
 from stream_jobs.flushing import Flusher, Snapshot
+from stream_jobs.outputs import produce_keyed
 from stream_jobs.redis_state import RedisWriter
 
 log = logging.getLogger("iotp.stream")
@@ -327,21 +328,13 @@ class StreamJob:
 
     async def _write(self, fx: Effects, snapshot: Snapshot | None) -> None:
         c = self.engine.counters
-        producer = self.app.producer
-        futures = []
-        # The producer directly (not Topic.send): Faust's channel machinery per message is the costly part.
-        for agg in fx.aggregates:
-            futures.append(
-                await producer.send(
-                    self.settings.topic_aggregates, agg["device_id"].encode(), orjson.dumps(agg), None, None, None
-                )
-            )
+        # aiokafka's producer directly, in record batches (stream_jobs/outputs.py): Faust's Topic.send and
+        # even one producer.send per message were the costly part
+        producer = self.app.producer._ensure_producer()
+        s = self.settings
+        aggregates = [(agg["device_id"].encode(), orjson.dumps(agg)) for agg in fx.aggregates]
+        alerts = [(alert["device_id"].encode(), orjson.dumps(alert)) for alert in fx.alerts]
         for alert in fx.alerts:
-            futures.append(
-                await producer.send(
-                    self.settings.topic_alerts, alert["device_id"].encode(), orjson.dumps(alert), None, None, None
-                )
-            )
             log.info(
                 "alert %s %s %s %s/%s value=%s",
                 alert["state"],
@@ -351,9 +344,11 @@ class StreamJob:
                 alert["metric"],
                 alert["value"],
             )
-        if futures:
-            await asyncio.gather(*futures)  # at-least-once: the outputs are on the broker before the acks
-        await self.writer.write(fx, snapshot, now_ms())
+        # at-least-once: the outputs are on the broker before the Redis write (and so before the acks)
+        await asyncio.gather(
+            produce_keyed(producer, s.topic_aggregates, aggregates), produce_keyed(producer, s.topic_alerts, alerts)
+        )
+        await self.writer.write(fx, snapshot, now_ms(), [value for _, value in aggregates])
         c["stream.aggregates"] += len(fx.aggregates)
         c["stream.alerts"] += len(fx.alerts)
 

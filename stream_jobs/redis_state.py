@@ -130,8 +130,11 @@ class RedisWriter:
     async def load(self, partition: int) -> dict[bytes, bytes]:
         return cast(dict[bytes, bytes], await self.redis.hgetall(self.snapshot_key(partition)))  # bytes client
 
-    async def write(self, fx: Effects, snapshot: dict[int, dict] | None, now_ms: int) -> None:
-        """One flush in one MULTI/EXEC: the effects, and ``snapshot`` (from :meth:`encode_snapshot`) if given."""
+    async def write(
+        self, fx: Effects, snapshot: dict[int, dict] | None, now_ms: int, aggregates: list[bytes] | None = None
+    ) -> None:
+        """One flush in one MULTI/EXEC: the effects, and ``snapshot`` (from :meth:`encode_snapshot`) if given.
+        ``aggregates``: ``fx.aggregates`` already encoded (the Kafka send encoded them), else encoded here."""
         names = self.names
         async with self.redis.pipeline(transaction=True) as pipe:
             batches = fx.batches
@@ -139,7 +142,9 @@ class RedisWriter:
                 keys, args = latest_call(names, batches[i : i + LATEST_PER_CALL], now_ms)
                 await self._update(keys=keys, args=args, client=pipe)
             await self._publish(pipe, names.channel_readings, fx.published)
-            await self._publish(pipe, names.channel_aggregates, [orjson.dumps(agg) for agg in fx.aggregates])
+            if aggregates is None:
+                aggregates = [orjson.dumps(agg) for agg in fx.aggregates]
+            await self._publish(pipe, names.channel_aggregates, aggregates)
             for alert in fx.alerts:
                 data = orjson.dumps(alert)
                 if alert["state"] == "open":
