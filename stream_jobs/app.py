@@ -23,9 +23,11 @@ docs/stream-processing.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
+from typing import Any
 
 import faust
 import orjson
@@ -247,10 +249,32 @@ class StreamJob:
                 # take_events acks every event after this returns: one more reference holds the ack back
                 # until a snapshot covering the record is in Redis (the Flusher calls event.ack then)
                 msg.incref()
-                acks.append(event.ack)
+                acks.append(event)
             await self.flush(fx, acks)
             for partition in set(self.rewinding) - rewind:
                 await self.app.consumer.seek(TP(self.topic, partition), self.rewinding[partition][0])
+
+    async def release_held(self, give_up_s: float = 15.0, every_s: float = 0.1) -> None:
+        """While Faust waits for every record it handed out to be acked (before a rebalance and before it
+        stops; ``Consumer.wait_empty``, without a time limit): snapshot whatever is held, again and again,
+        until cancelled. Faust stops the flow first, but a batch already taken may still be applied (and
+        held) meanwhile, and on a stop the timer no longer runs. If the snapshot cannot be written within
+        ``give_up_s`` (Redis or Kafka down), abandon the held records unacked (the next owner reads them
+        again) and take them off Faust's wait list, so the rebalance or stop can go on."""
+        deadline = time.monotonic() + give_up_s
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    async with self.lock:
+                        await self.flush(Effects(), snapshot=True)
+                        await self.flusher.wait()
+            except TimeoutError:
+                log.error("the snapshot was not written in %.0fs: its records stay unacked", give_up_s)
+                unacked = self.app.consumer._unacked_messages  # Faust's wait list (no public way to leave it)
+                for event in self.flusher.abandon():
+                    unacked.discard(event.message)
+                deadline = time.monotonic() + give_up_s
+            await asyncio.sleep(every_s)
 
     async def refresh_profiles(self) -> None:
         self.next_profiles_check = time.monotonic() + self.settings.profiles_poll_s
@@ -267,8 +291,7 @@ class StreamJob:
             fx = Effects()
             caught_up = self.caught_up(now)
             self.engine.tick(now, caught_up, fx, caught_up if self.upstream_alive else set())
-            # a rebalance waits for every started record to be acked: snapshot now rather than at the interval
-            await self.flush(fx, snapshot=self.app.rebalancing)
+            await self.flush(fx)
         if time.monotonic() - self.last_stats >= self.settings.stream_stats_interval_s:
             self.last_stats = time.monotonic()
             await self.write_stats(now)
@@ -384,11 +407,29 @@ class StreamJob:
             self.reported[name] += value
 
 
+class StreamApp(faust.App):
+    """The Faust app of the stream job: while Faust waits for the acks of every record it handed out (before
+    a rebalance, before it stops), the job keeps writing snapshots, which release its held acks."""
+
+    stream_job: StreamJob | None = None
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        if self.stream_job is None:
+            return await super()._consumer_wait_empty(consumer, logger)
+        releasing = asyncio.ensure_future(self.stream_job.release_held())
+        try:
+            await super()._consumer_wait_empty(consumer, logger)
+        finally:
+            releasing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await releasing
+
+
 def create_app(settings: Settings) -> faust.App:
     use_fetch_max_wait(settings.kafka_fetch_max_wait_ms)
     datadir = (settings.state_dir / "faust" / settings.stream_app_id).resolve()
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = StreamApp(
         settings.stream_app_id,
         broker=[f"kafka://{hp}" for hp in settings.kafka_bootstrap.split(",")],
         store="memory://",

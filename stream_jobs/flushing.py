@@ -29,6 +29,11 @@ What :class:`Flusher` does instead:
 
 A flush that fails is retried forever inside its task (the caller's ``write`` does that): the next submit
 waits for it, so an outage stalls the worker (backpressure) instead of acking unwritten effects.
+
+Faust waits for every record it handed out to be acked before a rebalance and before it stops
+(``Consumer.wait_empty``, without a time limit). The stream job therefore keeps snapshotting while Faust
+waits (:meth:`stream_jobs.app.StreamJob.release_held`); a record whose snapshot cannot be written then is
+:meth:`Flusher.abandon` -ed, never acked.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from stream_jobs.engine import Effects
 
@@ -44,6 +49,12 @@ from stream_jobs.engine import Effects
 Snapshot = dict[int, dict[Any, Any]]
 Write = Callable[[Effects, Snapshot | None], Awaitable[None]]
 EncodeSnapshot = Callable[[dict[int, set[str]], set[int]], Snapshot]
+
+
+class Ackable(Protocol):
+    """What the flusher acks once a snapshot covers it (a Faust event)."""
+
+    def ack(self) -> object: ...
 
 
 class Flusher:
@@ -67,7 +78,7 @@ class Flusher:
         self._clock = clock
         self.dirty: dict[int, set[str]] = {}  # partition -> devices changed since the last snapshot
         self.advanced: set[int] = set()  # partitions whose offset moved since the last snapshot
-        self.held: list[Callable[[], object]] = []  # acks waiting for the next snapshot
+        self.held: list[Ackable] = []  # acks waiting for the next snapshot
         self.last_snapshot = clock()
         self.snapshots = 0  # snapshots written (for tests and benchmarks)
         self._in_flight: asyncio.Task[None] | None = None
@@ -80,7 +91,7 @@ class Flusher:
     def snapshot_due(self) -> bool:
         return self.pending and self._clock() - self.last_snapshot >= self.interval_s
 
-    async def submit(self, fx: Effects, acks: Iterable[Callable[[], object]] = (), *, snapshot: bool = False) -> None:
+    async def submit(self, fx: Effects, acks: Iterable[Ackable] = (), *, snapshot: bool = False) -> None:
         """Queue the effects of one batch (or tick) and the acks of its records. Writes a snapshot with it if
         one is due (``interval_s`` passed since the last) or ``snapshot`` forces it. Returns once the flush
         is started (or, not pipelined, written)."""
@@ -89,7 +100,7 @@ class Flusher:
         self.advanced.update(fx.offsets)
         self.held.extend(acks)
         encoded: Snapshot | None = None
-        release: list[Callable[[], object]] = []
+        release: list[Ackable] = []
         if self.pending and (snapshot or self._clock() - self.last_snapshot >= self.interval_s):
             encoded = self._encode(self.dirty, self.advanced) if self.dirty or self.advanced else {}
             release, self.held = self.held, []
@@ -108,16 +119,23 @@ class Flusher:
         if task is not None:
             await task
 
+    def abandon(self) -> list[Ackable]:
+        """Give up on what is pending (a stop whose snapshot could not be written): return the held items,
+        never to be acked (their records are read again by the next owner), and forget the state."""
+        held, self.held = self.held, []
+        self.dirty, self.advanced = {}, set()
+        return held
+
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop what is pending for partitions this worker no longer owns (their new owner replays it)."""
         for partition in partitions:
             self.dirty.pop(partition, None)
             self.advanced.discard(partition)
 
-    async def _run(self, fx: Effects, snapshot: Snapshot | None, release: list[Callable[[], object]]) -> None:
+    async def _run(self, fx: Effects, snapshot: Snapshot | None, release: list[Ackable]) -> None:
         if fx or snapshot:
             await self._write(fx, snapshot)
         if snapshot is not None:
             self.snapshots += 1
-        for ack in release:  # only now: the snapshot that covers these records is in Redis
-            ack()
+        for item in release:  # only now: the snapshot that covers these records is in Redis
+            item.ack()

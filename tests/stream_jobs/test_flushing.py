@@ -23,6 +23,16 @@ class FakeRedis:
         self.writes.append((fx, snapshot))
 
 
+class Ack:
+    """An ackable item (stands for a Faust event) that records its ack."""
+
+    def __init__(self, acked: list, name: object) -> None:
+        self.acked, self.name = acked, name
+
+    def ack(self) -> None:
+        self.acked.append(self.name)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -55,7 +65,7 @@ async def test_acks_wait_for_the_redis_write_of_a_snapshot_that_covers_them() ->
     state = {"a": 1, "offset": 1}
     flusher = Flusher(redis.write, state_encoder(state), interval_s=2.0, clock=clock)
     clock.now += 5  # a snapshot is due with the first flush
-    await flusher.submit(effects(0, 1, "a"), [lambda: acked.append(0)])
+    await flusher.submit(effects(0, 1, "a"), [Ack(acked, 0)])
     await redis.in_write.wait()
     assert acked == []  # the write is in flight: not acked
     redis.release.set()
@@ -94,7 +104,7 @@ async def test_snapshots_at_most_every_interval_while_effects_go_out_with_every_
         clock.now += 0.5
         state.update(a=i, offset=i)
         devices = ("a", "b") if i == 3 else ("a",)
-        await flusher.submit(effects(0, i, *devices), [lambda i=i: acked.append(i)])
+        await flusher.submit(effects(0, i, *devices), [Ack(acked, i)])
         await flusher.wait()
     assert len(redis.writes) == 10  # effects with every flush
     snaps = [snap for _, snap in redis.writes if snap is not None]
@@ -114,8 +124,8 @@ async def test_a_forced_snapshot_covers_everything_pending_and_forget_drops_revo
     redis.release.set()
     state = {"a": 1, "b": 1, "offset": 1}
     flusher = Flusher(redis.write, state_encoder(state), interval_s=60.0, clock=clock)
-    await flusher.submit(effects(0, 1, "a"), [lambda: acked.append("p0")])
-    await flusher.submit(effects(1, 1, "b"), [lambda: acked.append("p1")])
+    await flusher.submit(effects(0, 1, "a"), [Ack(acked, "p0")])
+    await flusher.submit(effects(1, 1, "b"), [Ack(acked, "p1")])
     await flusher.wait()
     assert acked == [] and flusher.pending
     flusher.forget([1])
@@ -133,9 +143,9 @@ async def test_a_failing_write_acks_nothing_and_blocks_the_next_flush() -> None:
         raise ConnectionError("redis down")
 
     flusher = Flusher(broken, state_encoder({"a": 1, "offset": 1}), interval_s=0.0, clock=clock)
-    await flusher.submit(effects(0, 1, "a"), [lambda: acked.append(1)])
+    await flusher.submit(effects(0, 1, "a"), [Ack(acked, 1)])
     try:
-        await flusher.submit(effects(0, 2, "a"), [lambda: acked.append(2)])
+        await flusher.submit(effects(0, 2, "a"), [Ack(acked, 2)])
     except ConnectionError:
         pass
     else:
@@ -147,5 +157,5 @@ async def test_not_pipelined_submit_returns_after_the_write() -> None:
     redis, clock, acked = FakeRedis(), Clock(), []
     redis.release.set()
     flusher = Flusher(redis.write, state_encoder({"a": 1, "offset": 1}), interval_s=0.0, pipelined=False, clock=clock)
-    await flusher.submit(effects(0, 1, "a"), [lambda: acked.append(1)])
+    await flusher.submit(effects(0, 1, "a"), [Ack(acked, 1)])
     assert len(redis.writes) == 1 and acked == [1]

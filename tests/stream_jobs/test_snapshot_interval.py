@@ -4,7 +4,9 @@
 * while records keep coming the latest state follows every flush, the snapshot only every interval, and
   Kafka's committed offset never passes the snapshot's offset (then catches up with it);
 * a worker killed between two snapshots (the latest state ahead of the snapshot) replays its records onto
-  the snapshot once: nothing lost, nothing applied twice.
+  the snapshot once: nothing lost, nothing applied twice;
+* a worker stopped (SIGTERM) while it holds acks writes the snapshot, acks, and exits promptly (Faust waits
+  without limit for the acks of every record it handed out).
 """
 
 from __future__ import annotations
@@ -165,3 +167,34 @@ async def test_kill_between_snapshots_replays_onto_the_snapshot_once(interval_se
     finally:
         await r.aclose()
         group.stop_all()
+
+
+@pytest.fixture
+def held_settings(stack_settings):
+    return stream_test_settings(stack_settings, stream_snapshot_interval_s=600.0)
+
+
+async def test_sigterm_while_acks_are_held_snapshots_and_stops_promptly(held_settings, tmp_path) -> None:
+    settings = held_settings
+    group = ProcessGroup(settings, tmp_path / "logs")
+    device = "snapint-3"
+    t0 = now_ms()
+    async with Producer(settings) as producer, Snapshots(settings, device) as snap:
+        worker = group.start("stream")
+        try:
+            for seq in range(1, 6):
+                await producer.send(device, readings([(seq, t0 + seq * 100, {"humidity": 45.0})]))
+
+            async def applied():
+                return await snap.latest_seq() == 5
+
+            await until(applied, timeout=90, message="readings applied")
+            assert await snap.newest_seq() < 5  # held: no snapshot for 600 s
+            started = time.monotonic()
+            code = worker.terminate(timeout=20)
+            took = time.monotonic() - started
+            assert took < 15, f"the worker took {took:.1f}s to stop (exit code {code})"
+            assert await snap.newest_seq() == 5  # the snapshot written on the way out
+            assert await snap.committed() == await snap.offset() > 0  # and the records acked and committed
+        finally:
+            group.stop_all()
