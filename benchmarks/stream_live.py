@@ -128,7 +128,8 @@ def run_one(base: Settings, tmp: Path, variant: str, devices: int, seconds: floa
         env["PYTHONPATH"] = str(root)
     log = (tmp / f"stream-{tag}.log").open("wb")
     cmd = [sys.executable, "-m", "iotp_cli", "stream", "--loglevel", "warning", "--metrics-port", "0"]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # cwd too: ``python -m`` puts the current directory first on sys.path, ahead of PYTHONPATH
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     r = redis.Redis.from_url(s.redis_url, decode_responses=True)
     stats = redis_names(s).stats_key
     row: dict = {"variant": variant, "devices": devices, "seconds": seconds, "overrides": VARIANTS[name]}

@@ -175,7 +175,8 @@ def run_one(
         extra = ["--idle", "--threads"] if profile_idle else []
         cmd = [spy, "record", "--format", "raw", "--rate", "200", "--nonblocking", *extra, "-o", str(out), "--", *cmd]
     load_before = os.getloadavg()[0]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # cwd too: ``python -m`` puts the current directory first on sys.path, ahead of PYTHONPATH
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     worker = None
     first = last = None
     cpu0 = cpu1 = None
