@@ -54,6 +54,8 @@ WARMUP_S = 5.0
 VARIANTS: dict[str, dict] = {
     "partition": {},
     "partition-serial": {"stream_snapshot_interval_s": 0.0, "stream_pipeline_flushes": False},
+    "partition-snapshot0.5s": {"stream_snapshot_interval_s": 0.5},
+    "partition-snapshot10s": {"stream_snapshot_interval_s": 10.0},
 }
 
 
