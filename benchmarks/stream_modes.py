@@ -18,9 +18,11 @@ the readings rate from the worker's own Redis counters (``stream.readings``, pol
 every 0.5 s: rate from the first sample to the last, so ~0.5 s granularity), the worker's CPU seconds per
 reading (psutil, user+sys; less noisy than wall time on a shared machine), and the aggregates and alerts
 produced (the same data must give the same windows in both modes). ``--profile DIR`` runs every worker
-under ``py-spy record`` (raw collapsed stacks, one file per run). Prints a table and writes
-``benchmarks/results/stream_modes.json``. Starts its own Redis and Kafka-wire broker (memory storage) on
-free loopback ports.
+under ``py-spy record`` (raw collapsed stacks, one file per run; ``--profile-idle`` adds the idle samples and
+thread names, to see where the worker waits). A variant written ``main:NAME`` runs NAME's settings on the
+code under ``--baseline-root`` (e.g. a checkout of the main branch): before/after in one interleaved run.
+Prints a table and writes ``benchmarks/results/stream_modes.json``. Starts its own Redis and Kafka-wire
+broker (memory storage) on free loopback ports.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "device-tuned": (
         "device",
         {"stream_take_max": 2000, "stream_buffer_maxsize": 16384, "stream_max_poll_records": 2000},
+    ),
+    # the flushes as before issue 12's pipelining: one at a time, in line, a snapshot with each
+    "partition-take20-serial": (
+        "partition",
+        {"stream_take_max": 20, "stream_snapshot_interval_s": 0.0, "stream_pipeline_flushes": False},
     ),
     "partition-take20": ("partition", {"stream_take_max": 20}),
     "partition-take100": ("partition", {"stream_take_max": 100}),
@@ -139,7 +146,18 @@ async def fill(settings: Settings, mode: str, devices: int, seconds: int) -> tup
     return records, readings
 
 
-def run_one(base: Settings, tmp: Path, name: str, devices: int, seconds: int, timeout: float, profile: Path | None):
+def run_one(
+    base: Settings,
+    tmp: Path,
+    variant: str,
+    devices: int,
+    seconds: int,
+    timeout: float,
+    profile: Path | None,
+    baseline_root: Path | None = None,
+    profile_idle: bool = False,
+):
+    root, name = (baseline_root, variant.removeprefix("main:")) if variant.startswith("main:") else (None, variant)
     mode, overrides = VARIANTS[name]
     s, tag = isolated_settings(base, kafka_record_mode=mode, **overrides)
     create_topics_sync(s)
@@ -147,13 +165,18 @@ def run_one(base: Settings, tmp: Path, name: str, devices: int, seconds: int, ti
     r = redis.Redis.from_url(s.redis_url, decode_responses=True, socket_timeout=30)
     stats = redis_names(s).stats_key
     env = {**os.environ, **settings_env(s), "PYTHONUNBUFFERED": "1"}
+    if root is not None:  # the baseline's code: its iotp_cli, stream_jobs, iotp first on the path
+        env["PYTHONPATH"] = str(root)
     log = (tmp / f"stream-{tag}.log").open("wb")
     cmd = [sys.executable, "-m", "iotp_cli", "stream", "--loglevel", "warning", "--metrics-port", "0"]
     if profile is not None:
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        out = profile / f"{name}-{tag}.txt"
-        cmd = [spy, "record", "--format", "raw", "--rate", "200", "--nonblocking", "-o", str(out), "--", *cmd]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        out = profile / f"{variant.replace(':', '-')}-{tag}.txt"
+        extra = ["--idle", "--threads"] if profile_idle else []
+        cmd = [spy, "record", "--format", "raw", "--rate", "200", "--nonblocking", *extra, "-o", str(out), "--", *cmd]
+    load_before = os.getloadavg()[0]
+    # cwd too: ``python -m`` puts the current directory first on sys.path, ahead of PYTHONPATH
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     worker = None
     first = last = None
     cpu0 = cpu1 = None
@@ -181,7 +204,9 @@ def run_one(base: Settings, tmp: Path, name: str, devices: int, seconds: int, ti
         else:
             os.killpg(proc.pid, 15)
         proc.wait(120)
-    row = {"variant": name, "mode": mode, "overrides": overrides, "devices": devices, "seconds_of_data": seconds}
+    row = {"variant": variant, "mode": mode, "overrides": overrides, "devices": devices, "seconds_of_data": seconds}
+    row["code"] = str(root) if root is not None else "this tree"
+    row["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # at the start, at the end
     row.update(records=records, readings=readings, readings_per_record=round(readings / records, 1))
     if first is None or last is None:
         row["error"] = f"timed out after {timeout}s"
@@ -226,12 +251,13 @@ def _cpu(p: psutil.Process | None) -> float | None:
 
 def summarize(rows: list[dict]) -> list[dict]:
     out = []
-    for name in VARIANTS:
+    for name in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == name and "readings_per_s" in r]
         if not mine:
             continue
         rates = [r["readings_per_s"] for r in mine]
         cpu = [r["cpu_us_per_reading"] for r in mine if "cpu_us_per_reading" in r]
+        share = [r["cpu_share"] for r in mine if "cpu_share" in r]
         out.append(
             {
                 "variant": name,
@@ -241,6 +267,10 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "readings_per_s_min": min(rates),
                 "readings_per_s_max": max(rates),
                 "cpu_us_per_reading_median": round(statistics.median(cpu), 1) if cpu else None,
+                "cpu_us_per_reading_min": min(cpu) if cpu else None,
+                "cpu_us_per_reading_max": max(cpu) if cpu else None,
+                "cpu_share_min": min(share) if share else None,
+                "cpu_share_max": max(share) if share else None,
             }
         )
     return out
@@ -255,9 +285,14 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--timeout", type=float, default=400)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profiles into this directory")
+    parser.add_argument("--profile-idle", action="store_true", help="py-spy: idle samples and threads too")
+    parser.add_argument("--baseline-root", type=Path, default=None, help="code tree for the main:NAME variants")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     names = [n for n in args.variants.split(",") if n]
+    unknown = [n for n in names if n.removeprefix("main:") not in VARIANTS]
+    if unknown or (any(n.startswith("main:") for n in names) and args.baseline_root is None):
+        parser.error(f"unknown variants {unknown}, or main:NAME without --baseline-root")
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -277,18 +312,35 @@ def main() -> int:
         try:
             for _ in range(args.rounds):
                 for name in names:
-                    seconds = args.device_seconds if VARIANTS[name][0] == "device" else args.partition_seconds
-                    rows.append(run_one(base, tmp, name, args.devices, seconds, args.timeout, args.profile))
+                    mode = VARIANTS[name.removeprefix("main:")][0]
+                    seconds = args.device_seconds if mode == "device" else args.partition_seconds
+                    rows.append(
+                        run_one(
+                            base,
+                            tmp,
+                            name,
+                            args.devices,
+                            seconds,
+                            args.timeout,
+                            args.profile,
+                            args.baseline_root,
+                            args.profile_idle,
+                        )
+                    )
                     print(json.dumps(rows[-1]), flush=True)
         finally:
             stack.down()
     summary = summarize(rows)
-    print(f"\n{'variant':<24}{'rdg/rec':>8}{'readings/s median [min-max]':>32}{'CPU us/reading':>16}")
+    print(f"\n{'variant':<30}{'rdg/rec':>8}{'readings/s median [min-max]':>32}{'CPU us/reading':>16}{'core':>12}")
     for s in summary:
         spread = f"{s['readings_per_s_median']:,} [{s['readings_per_s_min']:,}-{s['readings_per_s_max']:,}]"
-        print(f"{s['variant']:<24}{s['readings_per_record']:>8}{spread:>32}{s['cpu_us_per_reading_median']!s:>16}")
+        core = f"{s['cpu_share_min']}-{s['cpu_share_max']}"
+        cpu = s["cpu_us_per_reading_median"]
+        print(f"{s['variant']:<30}{s['readings_per_record']:>8}{spread:>32}{cpu!s:>16}{core:>12}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     note = f"one worker, {base.kafka_partitions} partitions, {os.cpu_count()} shared cores, {platform.python_version()}"
+    if args.baseline_root is not None:
+        note += f"; main:NAME variants ran the code under {args.baseline_root}"
     args.out.write_text(json.dumps({"summary": summary, "runs": rows, "note": note}, indent=2) + "\n")
     return 0
 

@@ -156,6 +156,18 @@ class Settings(BaseSettings):
     stream_max_poll_records: int | None = Field(
         None, ge=1, description="Faust broker_max_poll_records: records per consumer poll (None: Faust's default)"
     )
+    stream_snapshot_interval_s: float = Field(
+        2.0,
+        ge=0,
+        description="At most this often the stream job writes the snapshot of the device states it changed (and "
+        "acks the records it covers); latest state, pub/sub and outputs still go out with every flush. A crash "
+        "replays up to this much (idempotently); 0: a snapshot with every flush (docs/stream-processing.md)",
+    )
+    stream_pipeline_flushes: bool = Field(
+        True,
+        description="Write a flush to Kafka and Redis while the next batch is processed (one flush in flight, "
+        "in order; acks still only after the Redis transaction). false: one flush at a time, in line",
+    )
     stream_tick_s: float = Field(0.5, gt=0, description="Timer: close windows on wall clock, detect silence")
     stream_stats_interval_s: float = Field(1.0, gt=0, description="How often counters go to Redis")
     stream_rules_file: Path | None = Field(None, description="Anomaly rules YAML (default: packaged rules)")

@@ -6,22 +6,28 @@ agent takes them in batches (``stream.take_events``, ``Settings.stream_take`` re
 reading to plain Python (:mod:`stream_jobs.engine`: dedup, windows, detectors). Per flush it then
 
 1. produces the closed windows and alert events to Kafka and waits for the broker's acks,
-2. writes Redis in one MULTI/EXEC (latest state, pub/sub, open alerts, and the snapshot of the device
-   states it changed together with the partition's next offset),
-3. and only then lets Faust ack the records (``take_events`` acks after the loop body).
+2. writes Redis in one MULTI/EXEC (latest state, pub/sub, open alerts, and -- at most every
+   ``stream_snapshot_interval_s`` -- the snapshot of the device states changed since the last one together
+   with the partitions' next offsets),
+3. and only then acks the records, and only those a written snapshot covers: Faust's own ack after the loop
+   body is held back (one extra reference per message) until then.
 
-So Kafka's committed offset never passes the snapshot: after a crash or rebalance the new owner loads
-the snapshot, skips the redelivered records below the snapshot's offset and continues -- window and
-detector state survive, and every effect that may repeat is idempotent (deterministic alert ids,
-(ts, seq)-compared latest state, absolute HSETs). See docs/stream-processing.md.
+The flush runs while the next batch is processed (:mod:`stream_jobs.flushing`: one flush in flight, written
+in order, its snapshot encoded when it is submitted). So Kafka's committed offset never passes the snapshot:
+after a crash or rebalance the new owner loads the snapshot, skips the redelivered records below the
+snapshot's offset and applies the rest once -- window and detector state survive, and every effect that may
+repeat is idempotent (deterministic alert ids, (ts, seq)-compared latest state, absolute HSETs). See
+docs/stream-processing.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
+from typing import Any
 
 import faust
 import orjson
@@ -38,10 +44,13 @@ from iotp.topics import redis_names
 from stream_jobs.detectors import load_rules
 from stream_jobs.engine import Effects, Engine, PartitionState
 from stream_jobs.faust_consumer import use_fetch_max_wait
+from stream_jobs.flushing import Flusher, Snapshot
+from stream_jobs.outputs import produce_keyed
 from stream_jobs.redis_state import RedisWriter
 
 log = logging.getLogger("iotp.stream")
 
+YIELD_EVERY_S = 0.005  # while applying a batch, give the event loop to the flush in flight this often
 FLUSH_BACKOFF = Backoff(0.1, 5.0)  # the effects of acked-after-flush records: never given up
 
 STAT_FIELDS = stats.STREAM_COUNTERS  # stream_jobs.cli exports them to Prometheus
@@ -76,6 +85,12 @@ class StreamJob:
         self.writer = RedisWriter(
             aioredis.from_url(settings.redis_url), redis_names(settings), settings.stream_app_id, self.topic
         )
+        self.flusher = Flusher(
+            self._write_flush,
+            lambda dirty, partitions: self.writer.encode_snapshot(self.engine, dirty, partitions),
+            settings.stream_snapshot_interval_s,
+            pipelined=settings.stream_pipeline_flushes,
+        )
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.readings_topic = app.topic(self.topic, **raw)
         self.lock = asyncio.Lock()
@@ -98,6 +113,7 @@ class StreamJob:
         async with self.lock:
             for partition in set(self.engine.partitions) - mine:
                 self.engine.drop_partition(partition)
+                self.flusher.forget([partition])
             loaded: dict[int, PartitionState] = {}
             for partition in sorted(mine - set(self.engine.partitions)):
                 ps = loaded[partition] = self.engine.load_partition(partition, await self.writer.load(partition))
@@ -115,7 +131,7 @@ class StreamJob:
                     self.expect_replay.add(partition)
                     self.first_after_load.add(partition)
             self.owned = mine
-            await self.flush(fx)
+            await self.flush(fx, snapshot=True)
 
     async def validate_offsets(self, partitions: dict[int, PartitionState], fx: Effects, what: str) -> set[int]:
         """Check each partition's mark (offset + fingerprint of the record below it) against Kafka; forget
@@ -175,7 +191,7 @@ class StreamJob:
         fx = Effects()
         for partition in await self.validate_offsets(suspects, fx, "applied"):
             await self.app.consumer.seek(TP(self.topic, partition), 0)
-        await self.flush(fx)
+        await self.flush(fx, snapshot=True)
 
     def _rewind_filter(self, partition: int, offset: int) -> bool:
         """False for a record to leave out: after a load, the first record may lie beyond the snapshot's
@@ -206,10 +222,15 @@ class StreamJob:
     async def on_revoked(self, revoked: set[TP]) -> None:
         gone = {tp.partition for tp in revoked if tp.topic == self.topic}
         async with self.lock:
-            # Everything applied is already in the snapshot (written before the acks): just forget it.
+            # Snapshot what is pending (Faust waited for the acks, which wait for a snapshot, so normally
+            # nothing is) and wait for the flush in flight: no write for a revoked partition may land after
+            # its new owner loaded the snapshot. Then just forget the partitions.
+            await self.flush(Effects(), snapshot=True)
+            await self.flusher.wait()
             self.owned -= gone
             for partition in gone:
                 self.engine.drop_partition(partition)
+            self.flusher.forget(gone)
 
     # ---- processing --------------------------------------------------------------------------------
     async def process(self, events) -> None:
@@ -217,6 +238,8 @@ class StreamJob:
             fx = Effects()
             now = now_ms()
             rewind = set(self.rewinding)
+            acks = []
+            ran_since = time.perf_counter()
             for event in events:
                 msg = event.message
                 if msg.partition not in self.owned:
@@ -225,9 +248,40 @@ class StreamJob:
                     continue
                 # round(): Faust gives the Kafka timestamp in float seconds; the mark needs the exact ms
                 self.engine.apply(msg.partition, msg.offset, event.value, round(msg.timestamp * 1000), fx, now)
-            await self.flush(fx)
+                # take_events acks every event after this returns: one more reference holds the ack back
+                # until a snapshot covering the record is in Redis (the Flusher calls event.ack then)
+                msg.incref()
+                acks.append(event)
+                if time.perf_counter() - ran_since >= YIELD_EVERY_S:
+                    # let the flush in flight (its Kafka sender and Redis replies run on this loop) go on
+                    # while this batch is applied: a partition record is ~1,000 readings, tens of ms
+                    await asyncio.sleep(0)
+                    ran_since = time.perf_counter()
+            await self.flush(fx, acks)
             for partition in set(self.rewinding) - rewind:
                 await self.app.consumer.seek(TP(self.topic, partition), self.rewinding[partition][0])
+
+    async def release_held(self, give_up_s: float = 15.0, every_s: float = 0.1) -> None:
+        """While Faust waits for every record it handed out to be acked (before a rebalance and before it
+        stops; ``Consumer.wait_empty``, without a time limit): snapshot whatever is held, again and again,
+        until cancelled. Faust stops the flow first, but a batch already taken may still be applied (and
+        held) meanwhile, and on a stop the timer no longer runs. If the snapshot cannot be written within
+        ``give_up_s`` (Redis or Kafka down), abandon the held records unacked (the next owner reads them
+        again) and take them off Faust's wait list, so the rebalance or stop can go on."""
+        deadline = time.monotonic() + give_up_s
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    async with self.lock:
+                        await self.flush(Effects(), snapshot=True)
+                        await self.flusher.wait()
+            except TimeoutError:
+                log.error("the snapshot was not written in %.0fs: its records stay unacked", give_up_s)
+                unacked = self.app.consumer._unacked_messages  # Faust's wait list (no public way to leave it)
+                for event in self.flusher.abandon():
+                    unacked.discard(event.message)
+                deadline = time.monotonic() + give_up_s
+            await asyncio.sleep(every_s)
 
     async def refresh_profiles(self) -> None:
         self.next_profiles_check = time.monotonic() + self.settings.profiles_poll_s
@@ -284,33 +338,33 @@ class StreamJob:
         except Exception:  # not fetched yet / consumer restarting
             return None
 
-    async def flush(self, fx: Effects) -> None:
-        """Write the effects; retry until they are written. The engine state already includes them and
-        the records are acked after this returns, so giving up would lose them: a Redis or Kafka outage
-        stalls the worker instead (backpressure), and a repeated write is idempotent."""
-        if not fx:
-            return
+    async def flush(self, fx: Effects, acks: list | None = None, *, snapshot: bool = False) -> None:
+        """Submit the effects (and the acks of the records they came from) to the flush pipeline; it writes
+        a snapshot with them when one is due or ``snapshot`` forces it, and acks the records only after
+        that. Returns once the flush is under way (see :mod:`stream_jobs.flushing`)."""
+        await self.flusher.submit(fx, acks or (), snapshot=snapshot)
+
+    async def _write_flush(self, fx: Effects, snapshot: Snapshot | None) -> None:
+        """Write one flush; retry until it is written. The engine state already includes it and its
+        records are acked after it, so giving up would lose them: a Redis or Kafka outage stalls the worker
+        instead (backpressure), and a repeated write is idempotent."""
         await retry_forever(
-            lambda: self._write(fx), what="flush failed", retry_on=Exception, backoff=FLUSH_BACKOFF, log=log
+            lambda: self._write(fx, snapshot),
+            what="flush failed",
+            retry_on=Exception,
+            backoff=FLUSH_BACKOFF,
+            log=log,
         )
 
-    async def _write(self, fx: Effects) -> None:
+    async def _write(self, fx: Effects, snapshot: Snapshot | None) -> None:
         c = self.engine.counters
-        producer = self.app.producer
-        futures = []
-        # The producer directly (not Topic.send): Faust's channel machinery per message is the costly part.
-        for agg in fx.aggregates:
-            futures.append(
-                await producer.send(
-                    self.settings.topic_aggregates, agg["device_id"].encode(), orjson.dumps(agg), None, None, None
-                )
-            )
+        # aiokafka's producer directly, in record batches (stream_jobs/outputs.py): Faust's Topic.send and
+        # even one producer.send per message were the costly part
+        producer = self.app.producer._ensure_producer()
+        s = self.settings
+        aggregates = [(agg["device_id"].encode(), orjson.dumps(agg)) for agg in fx.aggregates]
+        alerts = [(alert["device_id"].encode(), orjson.dumps(alert)) for alert in fx.alerts]
         for alert in fx.alerts:
-            futures.append(
-                await producer.send(
-                    self.settings.topic_alerts, alert["device_id"].encode(), orjson.dumps(alert), None, None, None
-                )
-            )
             log.info(
                 "alert %s %s %s %s/%s value=%s",
                 alert["state"],
@@ -320,9 +374,18 @@ class StreamJob:
                 alert["metric"],
                 alert["value"],
             )
-        if futures:
-            await asyncio.gather(*futures)  # at-least-once: the outputs are on the broker before the acks
-        await self.writer.write(fx, self.engine, now_ms())
+        kafka = asyncio.gather(
+            produce_keyed(producer, s.topic_aggregates, aggregates), produce_keyed(producer, s.topic_alerts, alerts)
+        )
+        encoded = [value for _, value in aggregates]
+        if snapshot is None:
+            # nothing here moves the snapshot, so nothing is acked by it: Kafka and Redis at the same time
+            await asyncio.gather(kafka, self.writer.write(fx, None, now_ms(), encoded))
+        else:
+            # at-least-once: the outputs of this flush and of every earlier one (written in order) are on the
+            # broker before the snapshot that lets their records be acked
+            await kafka
+            await self.writer.write(fx, snapshot, now_ms(), encoded)
         c["stream.aggregates"] += len(fx.aggregates)
         c["stream.alerts"] += len(fx.alerts)
 
@@ -358,11 +421,29 @@ class StreamJob:
             self.reported[name] += value
 
 
+class StreamApp(faust.App):
+    """The Faust app of the stream job: while Faust waits for the acks of every record it handed out (before
+    a rebalance, before it stops), the job keeps writing snapshots, which release its held acks."""
+
+    stream_job: StreamJob | None = None
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        if self.stream_job is None:
+            return await super()._consumer_wait_empty(consumer, logger)
+        releasing = asyncio.ensure_future(self.stream_job.release_held())
+        try:
+            await super()._consumer_wait_empty(consumer, logger)
+        finally:
+            releasing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await releasing
+
+
 def create_app(settings: Settings) -> faust.App:
     use_fetch_max_wait(settings.kafka_fetch_max_wait_ms)
     datadir = (settings.state_dir / "faust" / settings.stream_app_id).resolve()
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = StreamApp(
         settings.stream_app_id,
         broker=[f"kafka://{hp}" for hp in settings.kafka_bootstrap.split(",")],
         store="memory://",
@@ -374,6 +455,10 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=1,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # the outputs of a flush (~0.5 aggregates per reading) in few produce requests: with Faust's 16 kB
+        # batches the sender's round trips, not the broker, set how long a flush took (as iotp.kafka does)
+        producer_max_batch_size=512 * 1024,
+        producer_max_request_size=4 * 1024 * 1024,
         stream_buffer_maxsize=settings.stream_buffer_maxsize,
         broker_max_poll_records=settings.stream_max_poll_records,
         web_enabled=False,

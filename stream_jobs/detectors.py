@@ -229,7 +229,18 @@ class MetricStats:
         self.flat_first = ts
 
     def to_state(self) -> dict[str, float]:
-        return {name: getattr(self, name) for name in self.FIELDS}
+        # spelled out (not a loop over FIELDS with getattr): it runs for every metric of every snapshot entry
+        return {
+            "n": self.n,
+            "level": self.level,
+            "drift_level": self.drift_level,
+            "baseline": self.baseline,
+            "noise_var": self.noise_var,
+            "prev_x": self.prev_x,
+            "prev_ts": self.prev_ts,
+            "flat_run": self.flat_run,
+            "flat_first": self.flat_first,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, float] | list[float]) -> MetricStats:

@@ -243,17 +243,21 @@ class Engine:
         # a backlog (worker restart, lag) must not look like silent devices.
         arrival = record_ms if now_ms is None else now_ms
         batches = device_batches(value)
+        dirty = fx.dirty.get(partition)
+        if dirty is None:
+            dirty = fx.dirty[partition] = set()
         if len(batches) == 1 and batches[0] is value:  # device mode: publish the record as received
-            if self._apply_batch(ps, partition, value, fx, arrival):
+            if self._apply_batch(ps, dirty, value, fx, arrival):
                 fx.published.append(raw)
             return True
-        fresh = [batch for batch in batches if self._apply_batch(ps, partition, batch, fx, arrival)]
+        fresh = [batch for batch in batches if self._apply_batch(ps, dirty, batch, fx, arrival)]
         if fresh:  # the record as received, unless some device batches in it were duplicates
             fx.published.append(raw if len(fresh) == len(batches) else orjson.dumps({"v": 1, "batches": fresh}))
         return True
 
-    def _apply_batch(self, ps: PartitionState, partition: int, batch: dict, fx: Effects, arrival: int) -> bool:
-        """One device batch; True if it had new readings (then it is in ``fx.batches``)."""
+    def _apply_batch(self, ps: PartitionState, dirty: set[str], batch: dict, fx: Effects, arrival: int) -> bool:
+        """One device batch; True if it had new readings (then it is in ``fx.batches``). The device goes into
+        ``dirty`` (the partition's set in ``fx.dirty``)."""
         c = self.counters
         try:
             device_id = batch["device_id"]
@@ -300,7 +304,7 @@ class Engine:
             fx.aggregates.extend(windows.due(None))
         if len(fx.alerts) != n_alerts:
             fx.alert_counts[device_id] = detector.open_count()
-        fx.dirty.setdefault(partition, set()).add(device_id)
+        dirty.add(device_id)
         return fresh
 
     # ---- wall clock --------------------------------------------------------------------------------

@@ -130,7 +130,11 @@ class RedisWriter:
     async def load(self, partition: int) -> dict[bytes, bytes]:
         return cast(dict[bytes, bytes], await self.redis.hgetall(self.snapshot_key(partition)))  # bytes client
 
-    async def write(self, fx: Effects, engine: Engine, now_ms: int) -> None:
+    async def write(
+        self, fx: Effects, snapshot: dict[int, dict] | None, now_ms: int, aggregates: list[bytes] | None = None
+    ) -> None:
+        """One flush in one MULTI/EXEC: the effects, and ``snapshot`` (from :meth:`encode_snapshot`) if given.
+        ``aggregates``: ``fx.aggregates`` already encoded (the Kafka send encoded them), else encoded here."""
         names = self.names
         async with self.redis.pipeline(transaction=True) as pipe:
             batches = fx.batches
@@ -138,7 +142,9 @@ class RedisWriter:
                 keys, args = latest_call(names, batches[i : i + LATEST_PER_CALL], now_ms)
                 await self._update(keys=keys, args=args, client=pipe)
             await self._publish(pipe, names.channel_readings, fx.published)
-            await self._publish(pipe, names.channel_aggregates, [orjson.dumps(agg) for agg in fx.aggregates])
+            if aggregates is None:
+                aggregates = [orjson.dumps(agg) for agg in fx.aggregates]
+            await self._publish(pipe, names.channel_aggregates, aggregates)
             for alert in fx.alerts:
                 data = orjson.dumps(alert)
                 if alert["state"] == "open":
@@ -152,20 +158,27 @@ class RedisWriter:
                 pipe.hset(names.device_key(device_id), "status", "offline")
             for device_id, count in fx.alert_counts.items():
                 pipe.hset(names.device_key(device_id), "open_alerts", count)
-            for partition, device_ids in fx.dirty.items():
-                ps = engine.partitions.get(partition)
-                if ps is None:
-                    continue
-                mapping: dict[FieldT, EncodableT] = {
-                    d: orjson.dumps(ps.devices[d].to_state()) for d in device_ids if d in ps.devices
-                }
-                mapping.update(self._offset_fields(engine, partition))
-                pipe.hset(self.snapshot_key(partition), mapping=mapping)
-            for partition in fx.offsets:
-                fields = self._offset_fields(engine, partition)
-                if partition not in fx.dirty and fields:
-                    pipe.hset(self.snapshot_key(partition), mapping=fields)
+            for partition, mapping in (snapshot or {}).items():
+                if mapping:
+                    pipe.hset(self.snapshot_key(partition), mapping=mapping)
             await pipe.execute()
+
+    def encode_snapshot(self, engine: Engine, dirty: dict[int, set[str]], partitions: set[int]) -> dict[int, dict]:
+        """The snapshot fields of the ``dirty`` devices and of every partition in ``dirty`` or ``partitions``
+        (``__offset__`` / ``__mark__``), encoded now from the engine's state: the caller may go on changing
+        the state while the write is in flight. Partitions the engine no longer has are left out."""
+        out: dict[int, dict] = {}
+        for partition in set(dirty) | partitions:
+            ps = engine.partitions.get(partition)
+            if ps is None:
+                continue
+            devices = ps.devices
+            mapping: dict[FieldT, EncodableT] = {
+                d: orjson.dumps(devices[d].to_state()) for d in dirty.get(partition, ()) if d in devices
+            }
+            mapping.update(self._offset_fields(engine, partition))
+            out[partition] = mapping
+        return out
 
     async def _publish(self, pipe: aioredis.client.Pipeline, channel: str, messages: list[bytes]) -> None:
         if len(messages) <= 2:

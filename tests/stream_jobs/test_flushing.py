@@ -1,0 +1,161 @@
+"""The flush pipeline as pure logic (stream_jobs/flushing.py): a fake write that the test lets finish, a
+fake clock. The integration side (real worker, broker, Redis) is tests/stream_jobs/test_snapshot_interval.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+from stream_jobs.engine import Effects
+from stream_jobs.flushing import Flusher
+
+
+class FakeRedis:
+    """Records the writes; each write waits until the test releases it."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[Effects, dict | None]] = []
+        self.release = asyncio.Event()
+        self.in_write = asyncio.Event()
+
+    async def write(self, fx: Effects, snapshot: dict | None) -> None:
+        self.in_write.set()
+        await self.release.wait()
+        self.writes.append((fx, snapshot))
+
+
+class Ack:
+    """An ackable item (stands for a Faust event) that records its ack."""
+
+    def __init__(self, acked: list, name: object) -> None:
+        self.acked, self.name = acked, name
+
+    def ack(self) -> None:
+        self.acked.append(self.name)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def effects(partition: int, offset: int, *devices: str) -> Effects:
+    fx = Effects()
+    fx.offsets[partition] = offset
+    fx.dirty[partition] = set(devices)
+    fx.published.append(b"x")
+    return fx
+
+
+def state_encoder(state: dict[str, int]):
+    """An encoder over a mutable 'engine state' (device -> value), recording what it was asked for."""
+
+    def encode(dirty: dict[int, set[str]], partitions: set[int]) -> dict:
+        return {
+            p: {**{d: state[d] for d in sorted(dirty.get(p, ()))}, "__offset__": state["offset"]} for p in partitions
+        }
+
+    return encode
+
+
+async def test_acks_wait_for_the_redis_write_of_a_snapshot_that_covers_them() -> None:
+    redis, clock, acked = FakeRedis(), Clock(), []
+    state = {"a": 1, "offset": 1}
+    flusher = Flusher(redis.write, state_encoder(state), interval_s=2.0, clock=clock)
+    clock.now += 5  # a snapshot is due with the first flush
+    await flusher.submit(effects(0, 1, "a"), [Ack(acked, 0)])
+    await redis.in_write.wait()
+    assert acked == []  # the write is in flight: not acked
+    redis.release.set()
+    await flusher.wait()
+    assert acked == [0]
+    assert redis.writes[-1][1] == {0: {"a": 1, "__offset__": 1}}
+
+
+async def test_the_next_batch_is_processed_while_a_flush_is_in_flight_and_flushes_stay_in_order() -> None:
+    redis, clock = FakeRedis(), Clock()
+    state = {"a": 1, "offset": 1}
+    flusher = Flusher(redis.write, state_encoder(state), interval_s=0.0, clock=clock)
+    first = effects(0, 1, "a")
+    await flusher.submit(first)  # returns with the write in flight
+    await redis.in_write.wait()
+    assert redis.writes == []
+    state.update(a=2, offset=2)  # "processing the next batch" while the first flush is in flight
+    second = effects(0, 2, "a")
+    submit = asyncio.ensure_future(flusher.submit(second))
+    await asyncio.sleep(0)
+    assert not submit.done()  # the second flush waits for the first (one in flight)
+    redis.release.set()
+    await submit
+    await flusher.wait()
+    assert [fx for fx, _ in redis.writes] == [first, second]
+    # each snapshot is the state when its flush was submitted, not when it was written
+    assert [snap for _, snap in redis.writes] == [{0: {"a": 1, "__offset__": 1}}, {0: {"a": 2, "__offset__": 2}}]
+
+
+async def test_snapshots_at_most_every_interval_while_effects_go_out_with_every_flush() -> None:
+    redis, clock, acked = FakeRedis(), Clock(), []
+    redis.release.set()
+    state = {"a": 0, "b": 0, "offset": 0}
+    flusher = Flusher(redis.write, state_encoder(state), interval_s=2.0, clock=clock)
+    for i in range(1, 11):  # 10 flushes, 0.5 s apart
+        clock.now += 0.5
+        state.update(a=i, offset=i)
+        devices = ("a", "b") if i == 3 else ("a",)
+        await flusher.submit(effects(0, i, *devices), [Ack(acked, i)])
+        await flusher.wait()
+    assert len(redis.writes) == 10  # effects with every flush
+    snaps = [snap for _, snap in redis.writes if snap is not None]
+    assert snaps == [{0: {"a": 4, "b": 0, "__offset__": 4}}, {0: {"a": 8, "__offset__": 8}}]
+    assert acked == list(range(1, 9))  # 9 and 10 wait for the next snapshot
+    await flusher.submit(Effects())  # a tick before the interval: nothing to write, nothing acked
+    assert acked == list(range(1, 9))
+    clock.now += 2.0
+    await flusher.submit(Effects())  # the tick after it: the snapshot that releases 9 and 10
+    await flusher.wait()
+    assert acked == list(range(1, 11))
+    assert redis.writes[-1][1] == {0: {"a": 10, "__offset__": 10}}
+
+
+async def test_a_forced_snapshot_covers_everything_pending_and_forget_drops_revoked_partitions() -> None:
+    redis, clock, acked = FakeRedis(), Clock(), []
+    redis.release.set()
+    state = {"a": 1, "b": 1, "offset": 1}
+    flusher = Flusher(redis.write, state_encoder(state), interval_s=60.0, clock=clock)
+    await flusher.submit(effects(0, 1, "a"), [Ack(acked, "p0")])
+    await flusher.submit(effects(1, 1, "b"), [Ack(acked, "p1")])
+    await flusher.wait()
+    assert acked == [] and flusher.pending
+    flusher.forget([1])
+    await flusher.submit(Effects(), snapshot=True)
+    await flusher.wait()
+    assert redis.writes[-1][1] == {0: {"a": 1, "__offset__": 1}}
+    assert acked == ["p0", "p1"] and not flusher.pending
+
+
+async def test_a_failing_write_acks_nothing_and_blocks_the_next_flush() -> None:
+    clock, acked = Clock(), []
+    clock.now += 5
+
+    async def broken(fx, snapshot):
+        raise ConnectionError("redis down")
+
+    flusher = Flusher(broken, state_encoder({"a": 1, "offset": 1}), interval_s=0.0, clock=clock)
+    await flusher.submit(effects(0, 1, "a"), [Ack(acked, 1)])
+    try:
+        await flusher.submit(effects(0, 2, "a"), [Ack(acked, 2)])
+    except ConnectionError:
+        pass
+    else:
+        raise AssertionError("the failure of the flush in flight must reach the next submit")
+    assert acked == []
+
+
+async def test_not_pipelined_submit_returns_after_the_write() -> None:
+    redis, clock, acked = FakeRedis(), Clock(), []
+    redis.release.set()
+    flusher = Flusher(redis.write, state_encoder({"a": 1, "offset": 1}), interval_s=0.0, pipelined=False, clock=clock)
+    await flusher.submit(effects(0, 1, "a"), [Ack(acked, 1)])
+    assert len(redis.writes) == 1 and acked == [1]
