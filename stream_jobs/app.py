@@ -114,6 +114,7 @@ class StreamJob:
             for partition in set(self.engine.partitions) - mine:
                 self.engine.drop_partition(partition)
                 self.flusher.forget([partition])
+                self._drop_held({partition})
             loaded: dict[int, PartitionState] = {}
             for partition in sorted(mine - set(self.engine.partitions)):
                 ps = loaded[partition] = self.engine.load_partition(partition, await self.writer.load(partition))
@@ -125,6 +126,12 @@ class StreamJob:
                 )
             fx = Effects()
             reset = await self.validate_offsets(loaded, fx, "snapshot")
+            for partition in reset:
+                # As in check_offsets: read the new log from its start. Faust drops records below its read
+                # offset, which may still be the old log's, and the flow resumed before this check, so records
+                # of the new log may already have been fetched and dropped: Kafka's position is past them.
+                log.info("partition %d: reading the new log from its start", partition)
+                await self.app.consumer.seek(TP(self.topic, partition), 0)
             for partition in loaded:
                 self.rewinding.pop(partition, None)
                 if partition not in reset and loaded[partition].next_offset > 0:
@@ -161,7 +168,19 @@ class StreamJob:
             self.expect_replay.discard(tp.partition)
             self.first_after_load.discard(tp.partition)
             reset.add(tp.partition)
+        if reset:
+            await self.flusher.wait()  # its acks are of the old log too: let them land before dropping the rest
+            self._drop_held(reset)
         return reset
+
+    def _drop_held(self, partitions: set[int]) -> None:
+        """Held acks of ``partitions`` are never acked: acking a record of the old log would move Faust's
+        committed offset of the partition past the new log's records, and Faust then ignores their acks
+        (and waits for them forever at the next rebalance or stop)."""
+        dropped = self.flusher.drop_held(lambda event: event.message.partition in partitions)
+        unacked = self.app.consumer._unacked_messages  # Faust's wait list (no public way to leave it)
+        for event in dropped:
+            unacked.discard(event.message)
 
     async def check_offsets(self) -> None:
         """In a running worker: a consumer position below the applied offset (outside the replay after a

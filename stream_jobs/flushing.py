@@ -126,6 +126,14 @@ class Flusher:
         self.dirty, self.advanced = {}, set()
         return held
 
+    def drop_held(self, drop: Callable[[Ackable], bool]) -> list[Ackable]:
+        """Take the held acks for which ``drop`` is true out, never to be acked (records of a partition whose
+        offsets now belong to another incarnation of the topic, or that this worker no longer owns)."""
+        dropped = [item for item in self.held if drop(item)]
+        if dropped:
+            self.held = [item for item in self.held if not drop(item)]
+        return dropped
+
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop what is pending for partitions this worker no longer owns (their new owner replays it)."""
         for partition in partitions:

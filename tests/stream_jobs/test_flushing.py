@@ -159,3 +159,19 @@ async def test_not_pipelined_submit_returns_after_the_write() -> None:
     flusher = Flusher(redis.write, state_encoder({"a": 1, "offset": 1}), interval_s=0.0, pipelined=False, clock=clock)
     await flusher.submit(effects(0, 1, "a"), [Ack(acked, 1)])
     assert len(redis.writes) == 1 and acked == [1]
+
+
+async def test_dropped_held_acks_are_never_acked_and_the_rest_still_are() -> None:
+    """A partition whose offsets turned out to be another incarnation's (a wiped broker): its held acks must
+    not reach Faust, which would otherwise commit the old log's offsets on the new log."""
+    redis, clock, acked = FakeRedis(), Clock(), []
+    redis.release.set()
+    state = {"a": 1, "b": 1, "offset": 1}
+    flusher = Flusher(redis.write, state_encoder(state), interval_s=60.0, clock=clock)
+    await flusher.submit(effects(0, 1, "a"), [Ack(acked, "p0")])
+    await flusher.submit(effects(1, 1, "b"), [Ack(acked, "p1-old")])
+    dropped = flusher.drop_held(lambda item: item.name == "p1-old")
+    assert [item.name for item in dropped] == ["p1-old"]
+    await flusher.submit(Effects(), snapshot=True)
+    await flusher.wait()
+    assert acked == ["p0"] and not flusher.pending
