@@ -43,8 +43,7 @@ sys.path.insert(0, str(ROOT))
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 
 from infra.kafka_admin import create_topics_sync  # noqa: E402
-from infra.ports import free_port  # noqa: E402
-from infra.stack import LocalStack, settings_env  # noqa: E402
+from infra.stack import LocalStack, loopback_settings, settings_env  # noqa: E402
 from iotp.schema import device_batches  # noqa: E402
 from iotp.settings import Settings  # noqa: E402
 
@@ -253,11 +252,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        base = Settings(
-            state_dir=tmp / "state",
-            mqtt_port=free_port(),
-            redis_url=f"redis://127.0.0.1:{free_port()}/0",
-            kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        base = loopback_settings(
+            tmp / "state",
             gateway_metrics_port=0,
             # the broker's ACL covers every variant's own prefix b<tag>/telemetry; the gateway and simulator
             # processes take their MQTT accounts from this state dir (infra/mqtt_auth.py)

@@ -41,8 +41,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from infra.ports import free_port  # noqa: E402
-from infra.stack import LocalStack, settings_env  # noqa: E402
+from infra.stack import LocalStack, loopback_settings, settings_env  # noqa: E402
 from iotp.settings import Settings  # noqa: E402
 
 console = Console()
@@ -111,11 +110,8 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="iotp-pubbench-") as tmpdir:
         tmp = Path(tmpdir)
-        base = Settings(
-            state_dir=tmp / "state",
-            mqtt_port=free_port(),
-            redis_url=f"redis://127.0.0.1:{free_port()}/0",
-            kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        base = loopback_settings(
+            tmp / "state",
             kafka_storage="memory",
         )
         stack = LocalStack(base)

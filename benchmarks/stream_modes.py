@@ -48,8 +48,7 @@ import redis
 
 from benchmarks.stream_throughput import isolated_settings
 from infra.kafka_admin import create_topics_sync
-from infra.ports import free_port
-from infra.stack import LocalStack, settings_env
+from infra.stack import LocalStack, loopback_settings, settings_env
 from iotp.kafka import make_producer, partition_for
 from iotp.schema import encode_batch, encode_partition_batch
 from iotp.settings import Settings
@@ -298,11 +297,8 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="iotp-stream-modes-") as tmpdir:
         tmp = Path(tmpdir)
-        base = Settings(
-            state_dir=tmp / "state",
-            mqtt_port=free_port(),
-            redis_url=f"redis://127.0.0.1:{free_port()}/0",
-            kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        base = loopback_settings(
+            tmp / "state",
             kafka_storage="memory",
             gateway_metrics_port=0,
             stream_metrics_port=0,

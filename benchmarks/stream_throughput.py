@@ -29,8 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 
 from infra.kafka_admin import create_topics_sync
-from infra.ports import free_port
-from infra.stack import LocalStack, settings_env
+from infra.stack import LocalStack, loopback_settings, settings_env
 from iotp.kafka import make_producer
 from iotp.schema import encode_batch, now_ms
 from iotp.settings import Settings
@@ -149,11 +148,8 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="iotp-stream-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        base = Settings(
-            state_dir=tmp / "state",
-            mqtt_port=free_port(),
-            redis_url=f"redis://127.0.0.1:{free_port()}/0",
-            kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        base = loopback_settings(
+            tmp / "state",
             gateway_metrics_port=0,
         )
         stack = LocalStack(base)

@@ -19,7 +19,7 @@ from infra.kafka_admin import create_topics_sync
 from infra.kafka_broker import broker_command
 from infra.kafka_storage import broker_storage, store_command
 from infra.mqtt_auth import GATEWAY, SIMULATOR, MqttAuth, credentials_env
-from infra.ports import port_open, wait_port
+from infra.ports import free_port, port_open, wait_port
 from infra.supervisor import Program, Supervisor
 from infra.system_packages import ensure_binaries
 from iotp.settings import Settings
@@ -38,6 +38,18 @@ class Endpoint:
     name: str
     host: str
     port: int
+
+
+def loopback_settings(state_dir: Path, **overrides: object) -> Settings:
+    """Settings for a stack of its own (a benchmark's): ``state_dir`` and free loopback ports for Mosquitto,
+    Redis and the Kafka-wire broker; ``overrides`` on top."""
+    values: dict[str, object] = {
+        "state_dir": state_dir,
+        "mqtt_port": free_port(),
+        "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+        "kafka_bootstrap": f"127.0.0.1:{free_port()}",
+    }
+    return Settings(**{**values, **overrides})  # type: ignore[arg-type]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
