@@ -28,6 +28,8 @@ import uuid
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from iotp.processes import pid_alive
+
 log = logging.getLogger("iotp.gateway")
 
 DEFAULT_TTL_S = 10.0
@@ -70,16 +72,6 @@ def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else (value or "")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class ClientIdLease:
     def __init__(self, client: aioredis.Redis, key: str, ttl_s: float = DEFAULT_TTL_S) -> None:
         self.redis = client
@@ -93,7 +85,7 @@ class ClientIdLease:
         """The holder ran on this host and its process is gone."""
         host, _, rest = holder.partition(":")
         pid = rest.partition(":")[0]
-        return host == self.host and pid.isdigit() and not _pid_alive(int(pid))
+        return host == self.host and pid.isdigit() and not pid_alive(int(pid))
 
     async def _take(self, expected: str) -> bool:
         taken = await self.redis.eval(_TAKE, 1, self.key, self.holder, expected, self.ttl_ms)

@@ -18,6 +18,8 @@ from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
+from iotp.processes import pid_alive
+
 
 @dataclass(frozen=True)
 class Program:
@@ -165,17 +167,7 @@ class Supervisor:
         pid = int(self.pidfile.read_text()) if self.pidfile.exists() else None
         self._proxy().supervisor.shutdown()
         deadline = time.monotonic() + timeout
-        while pid and _alive(pid):
+        while pid and pid_alive(pid):
             if time.monotonic() > deadline:
                 raise TimeoutError("supervisord did not stop in time")
             time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
