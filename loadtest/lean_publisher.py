@@ -178,12 +178,9 @@ class LeanPublisher:
             self.acks.feed(data)
 
 
-def _part(devices: list[Device], index: int, workers: int) -> list[Device]:
-    return devices[index::workers]
-
-
-def _worker(settings: Settings, scenario: Scenario, index: int, workers: int, seq0: int, results: mp.Queue) -> None:
-    devices = _part(scenario.build_fleet(seq0), index, workers)
+def _publish_part(settings: Settings, scenario: Scenario, index: int, workers: int, seq0: int) -> PublishStats:
+    """Publish every ``workers``-th device of the fleet, from the ``index``-th, at their share of the rate."""
+    devices = scenario.build_fleet(seq0)[index::workers]
     publisher = LeanPublisher(
         settings,
         devices,
@@ -192,7 +189,11 @@ def _worker(settings: Settings, scenario: Scenario, index: int, workers: int, se
         batch=scenario.batch,
         client_id=f"iotp-lean-{os.getpid()}-{index}",
     )
-    results.put(publisher.run(scenario.duration_s or 10.0).to_dict())
+    return publisher.run(scenario.duration_s or 10.0)
+
+
+def _worker(settings: Settings, scenario: Scenario, index: int, workers: int, seq0: int, results: mp.Queue) -> None:
+    results.put(_publish_part(settings, scenario, index, workers, seq0).to_dict())
 
 
 def run_lean(settings: Settings, scenario: Scenario, workers: int = 1) -> PublishStats:
@@ -200,23 +201,17 @@ def run_lean(settings: Settings, scenario: Scenario, workers: int = 1) -> Publis
     seq0 = now_ms()
     workers = max(1, min(workers, scenario.fleet.devices))
     if workers == 1:
-        queue: mp.Queue = mp.Queue()
-        _worker(settings, scenario, 0, 1, seq0, queue)
-        return PublishStats.merge([_stats(queue.get())])
+        return PublishStats.merge([_publish_part(settings, scenario, 0, 1, seq0)])
     ctx = mp.get_context("spawn")
     results: mp.Queue = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(settings, scenario, i, workers, seq0, results)) for i in range(workers)]
     for proc in procs:
         proc.start()
-    parts = [_stats(results.get(timeout=(scenario.duration_s or 10.0) + ACK_WAIT_S + 60)) for _ in procs]
+    timeout = (scenario.duration_s or 10.0) + ACK_WAIT_S + 60
+    parts = [PublishStats.from_dict(results.get(timeout=timeout)) for _ in procs]
     for proc in procs:
         proc.join(10)
     return PublishStats.merge(parts)
-
-
-def _stats(data: dict) -> PublishStats:
-    fields = PublishStats.__dataclass_fields__
-    return PublishStats(**{k: v for k, v in data.items() if k in fields})
 
 
 def main(

@@ -90,6 +90,11 @@ class PublishStats:
         return data
 
     @classmethod
+    def from_dict(cls, data: dict) -> PublishStats:
+        """The stats a worker process sent as :meth:`to_dict` (the derived keys are dropped)."""
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
     def merge(cls, parts: list[PublishStats]) -> PublishStats:
         total = cls(workers=len(parts))
         for p in parts:
@@ -377,10 +382,6 @@ def _worker_main(
         out.put((index, {"error": f"{type(exc).__name__}: {exc}"}))
 
 
-def _stats_from(data: dict) -> PublishStats:
-    return PublishStats(**{k: v for k, v in data.items() if k in PublishStats.__dataclass_fields__})
-
-
 def run_scenario(
     settings: Settings,
     scenario: Scenario,
@@ -448,7 +449,7 @@ def run_scenario(
                 errors.append(f"worker {index}: {data['error']}")
                 latest[index] = PublishStats(done=True)
                 continue
-            latest[index] = _stats_from(data)
+            latest[index] = PublishStats.from_dict(data)
             if on_tick and time.monotonic() - last_tick >= 1.0:
                 last_tick = time.monotonic()
                 on_tick(PublishStats.merge(list(latest.values())))
@@ -462,7 +463,7 @@ def run_scenario(
             except queue_mod.Empty:
                 break
             if "error" not in data:
-                latest[index] = _stats_from(data)
+                latest[index] = PublishStats.from_dict(data)
     finally:
         for p in procs:
             p.join(20)
