@@ -187,7 +187,7 @@ class Gateway:
         rx_ms = now_ms()
         try:
             readings = validate_payload(
-                bytes(msg.payload), rx_ms, self.limits, topic_device_id(msg.topic), self.profiles, self.unknown_type
+                msg.payload, rx_ms, self.limits, topic_device_id(msg.topic), self.profiles, self.unknown_type
             )
         except Rejected as rej:
             metrics.REJECTED.labels(rej.reason.value).inc()

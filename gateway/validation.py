@@ -57,7 +57,7 @@ class Limits:
 _NON_FINITE = re.compile(rb"(?<![\"\w])-?(NaN|Infinity)(?![\"\w])")
 
 
-def _decode(raw: bytes, limits: Limits) -> object:
+def _decode(raw: bytes | bytearray, limits: Limits) -> object:
     if len(raw) > limits.max_payload_bytes:
         raise Rejected(Reason.TOO_LARGE, f"{len(raw)} bytes > limit {limits.max_payload_bytes}")
     try:
@@ -181,7 +181,7 @@ def check_profile(
 
 
 def validate_payload(
-    raw: bytes,
+    raw: bytes | bytearray,
     now_ms: int,
     limits: Limits = Limits(),
     topic_device: str | None = None,

@@ -85,8 +85,8 @@ def decode_aggregate(raw: bytes | None) -> list[tuple]:
     except ValidationError as exc:
         raise Rejected(f"not a WindowAggregate: {exc.errors()[0].get('msg')} at {exc.errors()[0].get('loc')}") from None
     row = _aggregate_row(a)
-    for name, value in ((n, row[i]) for n, i in _AGG_TS):
-        _int(value, name, 0, MAX_TS_MS)
+    for name, i in _AGG_TS:
+        _int(row[i], name, 0, MAX_TS_MS)
     for name, i in _AGG_FLOATS:
         if not math.isfinite(row[i]):
             raise Rejected(f"{name} is not finite")
