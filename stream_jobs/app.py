@@ -177,9 +177,12 @@ class StreamJob:
         """Held acks of ``partitions`` are never acked: acking a record of the old log would move Faust's
         committed offset of the partition past the new log's records, and Faust then ignores their acks
         (and waits for them forever at the next rebalance or stop)."""
-        dropped = self.flusher.drop_held(lambda event: event.message.partition in partitions)
+        self._leave_unacked(self.flusher.drop_held(lambda event: event.message.partition in partitions))
+
+    def _leave_unacked(self, events: list) -> None:
+        """Take never-to-be-acked events off Faust's wait list, so a rebalance or stop does not wait for them."""
         unacked = self.app.consumer._unacked_messages  # Faust's wait list (no public way to leave it)
-        for event in dropped:
+        for event in events:
             unacked.discard(event.message)
 
     async def check_offsets(self) -> None:
@@ -296,9 +299,7 @@ class StreamJob:
                         await self.flusher.wait()
             except TimeoutError:
                 log.error("the snapshot was not written in %.0fs: its records stay unacked", give_up_s)
-                unacked = self.app.consumer._unacked_messages  # Faust's wait list (no public way to leave it)
-                for event in self.flusher.abandon():
-                    unacked.discard(event.message)
+                self._leave_unacked(self.flusher.abandon())
                 deadline = time.monotonic() + give_up_s
             await asyncio.sleep(every_s)
 
