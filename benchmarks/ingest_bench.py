@@ -34,6 +34,8 @@ import uuid
 from pathlib import Path
 
 import orjson
+import psutil
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -52,6 +54,11 @@ MQTT_VARIANTS = {  # the gateway's MQTT path (settings overrides)
     "v5": {"gateway_mqtt_protocol": "5", "mqtt_shared_property_tables": True},
     "v5-stock": {"gateway_mqtt_protocol": "5", "mqtt_shared_property_tables": False},
     "v311": {"gateway_mqtt_protocol": "3.1.1"},
+}
+
+GC_VARIANTS = {  # the gateway's garbage collector thresholds (iotp/gc_tuning.py)
+    "gc-tuned": {"gc_thresholds": (100_000, 20, 100)},
+    "gc-stock": {"gc_thresholds": (700, 10, 10)},
 }
 
 
@@ -199,6 +206,46 @@ def bench_gateways(base: Settings, tmp: Path, n: int, readings: int, batch: int)
     }
 
 
+def bench_gateway_cpu(base: Settings, tmp: Path, rate: float, seconds: float, devices: int) -> dict:
+    """The gateway's CPU per message at a paced rate, as in the pipeline (not a backlog drain): one gateway,
+    the lean publisher (its own process) sending ``devices`` power meters at ``rate`` msgs/s, QoS 1, for
+    ``seconds``; CPU = the gateway process's user + system time from just before publishing until every
+    reading is on Kafka, per MQTT message."""
+    s = isolated(base)
+    gw = _start_gateways(s, tmp, [f"cpu-{uuid.uuid4().hex[:6]}"])[0]
+    try:
+        proc = psutil.Process(gw.pid)
+        scenario = tmp / f"lean-{uuid.uuid4().hex[:6]}.yaml"
+        scenario.write_text(
+            yaml.safe_dump(
+                {"fleet": {"devices": devices, "mix": {"power": 1.0}}, "rate_per_s": rate, "duration_s": seconds,
+                 "qos": 1}
+            )
+        )  # fmt: skip
+        stats_file = tmp / f"lean-{uuid.uuid4().hex[:6]}.json"
+        env = {**os.environ, **settings_env(s), "PYTHONUNBUFFERED": "1"}
+        before = sum(proc.cpu_times()[:2])
+        subprocess.run(
+            [sys.executable, "-m", "loadtest.lean_publisher", "--scenario", str(scenario), "--stats-json",
+             str(stats_file)], cwd=ROOT, env=env, check=True, timeout=seconds + 120, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        sent = int(orjson.loads(stats_file.read_bytes())["confirmed"])
+        count, total, _rx = asyncio.run(forwarded(s, sent, timeout=120))
+        cpu = sum(proc.cpu_times()[:2]) - before
+    finally:
+        _stop([gw])
+    return {
+        "variant": f"gateway x1 paced at {int(rate):,} msgs/s",
+        "paced_rate": int(rate),
+        "readings_sent": sent,
+        "readings_forwarded": count,
+        "lost": sent - count,
+        "duplicates": total - count,
+        "cpu_us_per_message": round(cpu / max(sent, 1) * 1e6, 1),
+        "cpu_share": round(cpu / seconds, 3),
+    }
+
+
 def bench_simulator(base: Settings, tmp: Path, workers: int, batch: int, qos: int, duration: float) -> dict:
     s = isolated(base)
     st = simulate(
@@ -248,6 +295,20 @@ def main() -> None:
         "(MQTT 5, paho's per-message property tables), v311 (MQTT 3.1.1)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="repeat the gateway variants (interleaved)")
+    parser.add_argument(
+        "--paced",
+        type=float,
+        default=0,
+        help="instead of the drain variants: the gateway's CPU per message at this paced rate (msgs/s), each "
+        "--mqtt-variants / --record-modes variant, --rounds times, interleaved",
+    )
+    parser.add_argument("--paced-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--gc-variants",
+        default="gc-tuned",
+        help="paced only, interleaved: gc-tuned (the default), gc-stock (700, 10, 10)",
+    )
+    parser.add_argument("--paced-devices", type=int, default=5000)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ingest_bench.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmpdir:
@@ -278,7 +339,23 @@ def main() -> None:
                 for mqtt in args.mqtt_variants.split(",")
                 if not (args.quick and batch == 10 and n != 1)
             ]
-            for _ in range(args.rounds):
+            for _ in range(args.rounds if args.paced else 0):
+                for mode, mqtt, gcv in [
+                    (mode, mqtt, gcv)
+                    for mode in args.record_modes.split(",")
+                    for mqtt in args.mqtt_variants.split(",")
+                    for gcv in args.gc_variants.split(",")
+                ]:
+                    update = {"kafka_record_mode": mode, **MQTT_VARIANTS[mqtt], **GC_VARIANTS[gcv]}
+                    row = bench_gateway_cpu(
+                        base.model_copy(update=update), tmp, args.paced, args.paced_seconds, args.paced_devices
+                    )
+                    row.update(
+                        variant=f"{row['variant']}, {mode} records, {mqtt}, {gcv}", mqtt=mqtt, record_mode=mode, gc=gcv
+                    )
+                    rows.append(row)
+                    console.print(rows[-1])
+            for _ in range(0 if args.paced else args.rounds):
                 for batch, n, mode, mqtt in gateway_variants:
                     if args.only == "simulator":
                         break
@@ -295,6 +372,13 @@ def main() -> None:
             stack.down()
     table = Table("variant", "readings/s", "messages/s", "notes", title="ingest benchmark (loopback, 2 cores)")
     for r in rows:
+        if "cpu_us_per_message" in r:
+            table.add_row(
+                r["variant"], "", f"{r['paced_rate']:,}",
+                f"{r['cpu_us_per_message']} us CPU per message ({r['cpu_share']:.0%} of a core); lost {r['lost']}"
+                f" of {r['readings_sent']:,}, duplicates {r['duplicates']}",
+            )  # fmt: skip
+            continue
         if "gateways" in r:
             note = f"lost {r['lost']} of {r['readings_sent']:,}, duplicates {r['duplicates']}"
         else:

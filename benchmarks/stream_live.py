@@ -55,6 +55,7 @@ VARIANTS: dict[str, dict] = {
     "partition-serial": {"stream_snapshot_interval_s": 0.0, "stream_pipeline_flushes": False},
     "partition-snapshot0.5s": {"stream_snapshot_interval_s": 0.5},
     "partition-snapshot10s": {"stream_snapshot_interval_s": 10.0},
+    "partition-gc-stock": {"gc_thresholds": (700, 10, 10)},  # CPython's own collector thresholds
 }
 
 

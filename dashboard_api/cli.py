@@ -16,12 +16,15 @@ def api(
     import uvicorn
 
     from dashboard_api.app import create_app
+    from iotp import gc_tuning
     from iotp.settings import get_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
+    application = create_app(settings)
+    gc_tuning.tune(settings)
     uvicorn.run(
-        create_app(settings),
+        application,
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level="info",

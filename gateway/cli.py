@@ -37,6 +37,7 @@ def gateway(
 
     from gateway.forwarder import Gateway, default_client_id
     from infra.mqtt_auth import with_local_credentials
+    from iotp import gc_tuning
     from iotp.settings import get_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -56,6 +57,7 @@ def gateway(
         except OSError as exc:  # a busy port must not stop forwarding
             log.error("cannot serve /metrics on %s:%d (%s); continuing without metrics", metrics_host, port, exc)
     gw = Gateway(settings, client_id or default_client_id(index), redis_stats=redis_stats)
+    gc_tuning.tune(settings)
     if use_uvloop:
         try:
             import uvloop

@@ -23,6 +23,7 @@ def sink(
     from history.metrics import SinkCollector
     from history.migrations import migrate
     from history.sink import ClickHouseSink
+    from iotp import gc_tuning
     from iotp.metrics_server import serve_metrics
     from iotp.settings import get_settings
 
@@ -37,6 +38,7 @@ def sink(
         raise typer.Exit(2)
     client = get_client(settings)
     migrate(client, settings.clickhouse_database, settings)
+    gc_tuning.tune(settings)
 
     async def main() -> None:
         import redis.asyncio as aioredis

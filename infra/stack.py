@@ -60,7 +60,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, bool):
             text = "true" if value else "false"
-        elif isinstance(value, list):
+        elif isinstance(value, list | tuple):
             text = json.dumps(value)  # pydantic-settings parses complex values as JSON
         elif isinstance(value, Path):
             text = str(value.resolve())

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     mqtt_ca_file: Path | None = None
     mqtt_topic_prefix: str = "iotp/telemetry"
     mqtt_share_group: str = "iotp-gateway"
+    gc_thresholds: tuple[int, int, int] = Field(
+        (100_000, 20, 100),
+        description="Garbage collector thresholds of the services (gateway, stream worker, API/sink, simulator, "
+        "load-test publisher), as JSON; [700,10,10] is CPython's own. See iotp/gc_tuning.py",
+    )
     gateway_mqtt_protocol: Literal["5", "3.1.1"] = Field(
         "5",
         description="MQTT version of the gateway's subscription. 5: session expiry, and a second gateway "

@@ -30,6 +30,7 @@ from typing import Annotated
 import orjson
 import typer
 
+from iotp import gc_tuning
 from iotp.schema import now_ms
 from iotp.settings import Settings
 from iotp.topics import mqtt_topic
@@ -181,6 +182,7 @@ class LeanPublisher:
 def _publish_part(settings: Settings, scenario: Scenario, index: int, workers: int, seq0: int) -> PublishStats:
     """Publish every ``workers``-th device of the fleet, from the ``index``-th, at their share of the rate."""
     devices = scenario.build_fleet(seq0)[index::workers]
+    gc_tuning.tune(settings)
     publisher = LeanPublisher(
         settings,
         devices,

@@ -60,6 +60,7 @@ def simulate(
     from rich.console import Console
     from rich.live import Live
 
+    from iotp import gc_tuning
     from iotp.settings import get_settings
     from simulator.publisher import PublishOptions, run_scenario
     from simulator.scenario import load_scenario
@@ -99,6 +100,7 @@ def simulate(
         settings = settings.model_copy(update=updates)
     # by hand against the local stack: its simulator account (under supervisord it comes in IOTP_MQTT_*)
     settings = with_local_credentials(settings, "simulator")
+    gc_tuning.tune(settings)
     # the live device profiles (Redis), or the shipped + IOTP_PROFILES_FILE ones if Redis does not answer
     from iotp.profile_store import current_profiles
 

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 
+from iotp import gc_tuning
 from iotp.mqtt import connect, make_client
 from iotp.profiles import Profiles, parse_profile
 from iotp.schema import now_ms
@@ -360,6 +361,7 @@ def _worker_main(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     settings = Settings.model_validate_json(settings_json)
     scenario = Scenario.model_validate_json(scenario_json)
+    gc_tuning.tune(settings)
     profiles = None
     if profiles_json is not None:
         profiles = {t: parse_profile(doc, t) for t, doc in orjson.loads(profiles_json).items()}

@@ -23,6 +23,7 @@ def stream(
     from faust.worker import Worker
     from prometheus_client import REGISTRY
 
+    from iotp import gc_tuning
     from iotp.metrics_server import serve_metrics
     from stream_jobs.app import STAT_FIELDS, StreamJob, app
     from stream_jobs.metrics import StreamCollector
@@ -34,4 +35,5 @@ def stream(
     if metrics_port:
         REGISTRY.register(StreamCollector(job, STAT_FIELDS))
         serve_metrics(metrics_port, settings.metrics_host, logging.getLogger("iotp.stream"))
+    gc_tuning.tune(settings)
     Worker(app, loglevel=loglevel).execute_from_commandline()

@@ -53,7 +53,9 @@ def test_every_setting_is_overridable_by_environment(monkeypatch):
 
 
 def test_settings_env_round_trips_for_child_processes(monkeypatch, tmp_path):
-    original = make_test_settings(tmp_path, stream_windows_s=[2, 4], clickhouse_url="http://ch:8123")
+    original = make_test_settings(
+        tmp_path, stream_windows_s=[2, 4], clickhouse_url="http://ch:8123", gc_thresholds=(5000, 5, 50)
+    )
     for key, value in settings_env(original).items():
         monkeypatch.setenv(key, value)
     restored = Settings(_env_file=None)
