@@ -51,6 +51,8 @@ class RedisLatencyProbe:
     latencies_ms: list[float] = field(default_factory=list)
     readings: int = 0
     ids: set[str] = field(default_factory=set)
+    #: (sensor ts, latency ms) of every reading seen since the probe started, for :func:`latency_timeline`
+    samples: list[tuple[int, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -73,7 +75,9 @@ class RedisLatencyProbe:
             with self._lock:
                 for batch in device_batches(orjson.loads(data)):  # a device batch, or many (partition mode)
                     for r in batch["readings"]:
-                        self.latencies_ms.append(now - r["ts"])
+                        latency = now - r["ts"]
+                        self.latencies_ms.append(latency)
+                        self.samples.append((r["ts"], latency))
                         self.ids.add(r["id"])
                     self.readings += len(batch["readings"])
 
@@ -84,10 +88,39 @@ class RedisLatencyProbe:
             self.latencies_ms, self.readings = [], 0
         return latencies, count
 
+    def timeline(self, start_ms: int, bucket_ms: int = 1000) -> list[dict[str, float]]:
+        with self._lock:
+            samples = list(self.samples)
+        return latency_timeline(samples, start_ms, bucket_ms)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
         self._pubsub.close()
+
+
+def latency_timeline(samples: list[tuple[int, float]], start_ms: int, bucket_ms: int = 1000) -> list[dict[str, float]]:
+    """Sensor -> Redis latency per ``bucket_ms`` of sensor time from ``start_ms``: one entry per bucket that
+    has readings, ``{"s": bucket start in seconds from start_ms, "n", "p50", "p99", "max"}``. Periodic work
+    (windows that all close in the same second, snapshots, the sink's insert blocks) shows up here as the
+    buckets whose p99 stands out, where one p99 over the whole step cannot say when it happened."""
+    buckets: dict[int, list[float]] = {}
+    for ts, latency in samples:
+        buckets.setdefault((ts - start_ms) // bucket_ms, []).append(latency)
+    out = []
+    for index in sorted(buckets):
+        values = sorted(buckets[index])
+        n = len(values)
+        out.append(
+            {
+                "s": round(index * bucket_ms / 1000, 3),
+                "n": n,
+                "p50": round(values[n // 2], 1),
+                "p99": round(values[min(n - 1, int(0.99 * n))], 1),
+                "max": round(values[-1], 1),
+            }
+        )
+    return out
 
 
 class ProcessSampler:

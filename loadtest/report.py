@@ -82,7 +82,7 @@ def plot(results: list[StepResult], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     offered = [r.offered for r in results]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 4.5))
     ax1.plot(offered, offered, "k--", linewidth=1, label="offered")
     for stage, label in [
         ("mqtt_in", "MQTT in"),
@@ -114,6 +114,17 @@ def plot(results: list[StepResult], path: Path, title: str) -> None:
     ax2.set_title("end-to-end latency")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3, which="both")
+    for r in results:  # when in the step the slow readings were sensed (periodic work shows as spikes)
+        points = [(b["s"], b["p99"]) for b in r.redis_latency_timeline if 0 <= b["s"] <= r.step_s]
+        if points:
+            ax3.plot([t for t, _ in points], [v for _, v in points], label=f"{r.offered:,.0f}/s")
+    ax3.set_yscale("log")
+    ax3.set_xlabel("sensor time in the step, s")
+    ax3.set_ylabel("sensor → Redis p99 per second, ms (log)")
+    ax3.set_title("latency over the step")
+    if any(r.redis_latency_timeline for r in results):
+        ax3.legend(fontsize=8)
+    ax3.grid(alpha=0.3, which="both")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -61,6 +61,8 @@ class StepResult:
     publish_rate: float = 0.0
     stage_rates: dict[str, float] = field(default_factory=dict)
     redis_latency_ms: dict[str, float] = field(default_factory=dict)
+    #: sensor -> Redis latency per second of sensor time from the step's start (loadtest.probes.latency_timeline)
+    redis_latency_timeline: list[dict[str, float]] = field(default_factory=list)
     clickhouse_latency_ms: dict[str, float] = field(default_factory=dict)
     drained: bool = False
     drain_s: float = 0.0
@@ -188,6 +190,7 @@ class LoadTest:
         sampler = WindowSampler(self.pids).start()
         before = self.counters.read()
         started = time.monotonic()
+        started_ms = int(time.time() * 1000)
         try:
             stats = self._publish(rate, prefix, workdir, sampler)
         finally:
@@ -223,6 +226,7 @@ class LoadTest:
         more, _ = probe.take()
         probe.close()
         result.redis_latency_ms = percentiles(latencies + more)
+        result.redis_latency_timeline = probe.timeline(started_ms)
         result.stored = int(check.get("readings", 0))
         result.lost = max(0, result.published - result.stored)
         result.duplicates = int(check.get("duplicate_rows", 0))

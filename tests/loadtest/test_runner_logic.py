@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 
+from loadtest.probes import latency_timeline
+from loadtest.report import plot
 from loadtest.runner import StepResult, max_sustainable, percentiles, to_json
 
 
@@ -29,3 +31,27 @@ def test_json_report_carries_steps_and_verdict():
     data = orjson.loads(to_json([StepResult(offered=1000, step_s=10, sustainable=True, lost=0)], {"config": {}}))
     assert data["max_sustainable_rate"] == 1000
     assert data["steps"][0]["offered"] == 1000
+
+
+def test_latency_timeline_buckets_by_sensor_time_and_shows_the_slow_second():
+    start = 1_000_000
+    samples = [(start + 10 * i, 100.0) for i in range(100)]  # second 0: 100 readings at 100 ms
+    samples += [(start + 1000 + 10 * i, 100.0 + (900.0 if i >= 90 else 0.0)) for i in range(100)]  # second 1: 10 slow
+    samples += [(start + 3500, 50.0)]  # second 3 (none in second 2)
+    timeline = latency_timeline(samples, start)
+    assert [b["s"] for b in timeline] == [0.0, 1.0, 3.0]
+    assert [b["n"] for b in timeline] == [100, 100, 1]
+    assert (timeline[0]["p99"], timeline[1]["p50"], timeline[1]["p99"], timeline[1]["max"]) == (
+        100.0,
+        100.0,
+        1000.0,
+        1000.0,
+    )
+    assert timeline[2] == {"s": 3.0, "n": 1, "p50": 50.0, "p99": 50.0, "max": 50.0}
+
+
+def test_the_report_plots_a_step_with_its_latency_timeline(tmp_path):
+    step = StepResult(offered=1000, step_s=2, redis_latency_ms={"p50": 100.0, "p99": 300.0})
+    step.redis_latency_timeline = [{"s": 0.0, "n": 5, "p50": 100.0, "p99": 300.0, "max": 310.0}]
+    plot([step], tmp_path / "lt.png", "test")
+    assert (tmp_path / "lt.png").stat().st_size > 10_000
