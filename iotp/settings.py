@@ -148,6 +148,13 @@ class Settings(BaseSettings):
         default_factory=lambda: [10, 60], description="e.g. 10,60 or [10, 60]"
     )
     stream_window_grace_s: float = 5.0
+    stream_window_idle_close_s: float = Field(
+        2.0,
+        ge=0,
+        description="The wall clock closes a device's windows (end + grace) only once nothing arrived from it "
+        "for this long; a live device closes them on event time, so all devices' windows do not close in one "
+        "tick (docs/stream-processing.md); 0 = on the wall clock as soon as they are due",
+    )
     stream_take_max: int | None = Field(
         None,
         ge=1,

@@ -70,6 +70,7 @@ class StreamJob:
             settings.stream_windows_s,
             settings.stream_window_grace_s,
             load_rules(settings.stream_rules_file, file_profiles, **overrides),
+            idle_close_s=settings.stream_window_idle_close_s,
         )
         # Live device profiles (thresholds, expected intervals): swapped into the shared RuleSet on change.
         self.profiles = ProfileWatcher(
