@@ -57,6 +57,7 @@ VARIANTS: dict[str, dict] = {
     "partition-snapshot10s": {"stream_snapshot_interval_s": 10.0},
     "partition-gc-stock": {"gc_thresholds": (700, 10, 10)},  # CPython's own collector thresholds
     "partition-idle-close0": {"stream_window_idle_close_s": 0.0},  # the wall clock closes every due window
+    "partition-unstaggered": {"stream_snapshot_stagger": False},  # every partition's snapshot at once
 }
 
 

@@ -168,6 +168,11 @@ class Settings(BaseSettings):
     stream_max_poll_records: int | None = Field(
         None, ge=1, description="Faust broker_max_poll_records: records per consumer poll (None: Faust's default)"
     )
+    stream_snapshot_stagger: bool = Field(
+        True,
+        description="Snapshot one partition at a time (each every stream_snapshot_interval_s, spread evenly) "
+        "instead of every partition together; the same work in smaller event-loop stalls",
+    )
     stream_snapshot_interval_s: float = Field(
         2.0,
         ge=0,

@@ -91,6 +91,7 @@ class StreamJob:
             lambda dirty, partitions: self.writer.encode_snapshot(self.engine, dirty, partitions),
             settings.stream_snapshot_interval_s,
             pipelined=settings.stream_pipeline_flushes,
+            partition_of=(lambda event: event.message.partition) if settings.stream_snapshot_stagger else None,
         )
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.readings_topic = app.topic(self.topic, **raw)

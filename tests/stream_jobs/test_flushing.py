@@ -4,6 +4,7 @@ fake clock. The integration side (real worker, broker, Redis) is tests/stream_jo
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from stream_jobs.engine import Effects
 from stream_jobs.flushing import Flusher
@@ -175,3 +176,69 @@ async def test_dropped_held_acks_are_never_acked_and_the_rest_still_are() -> Non
     await flusher.submit(Effects(), snapshot=True)
     await flusher.wait()
     assert acked == ["p0"] and not flusher.pending
+
+
+class PartitionAck(Ack):
+    """An ack of a record of ``partition``."""
+
+    def __init__(self, acked: list, name: object, partition: int) -> None:
+        super().__init__(acked, name)
+        self.partition = partition
+
+
+async def test_staggered_snapshots_take_one_partition_at_a_time_and_release_only_its_acks() -> None:
+    """Four partitions, every one dirty in every flush (a flush every 0.1 s for 12 s, interval 2 s): each
+    snapshot covers one partition, the snapshots are spread interval/4 apart, every partition gets one every
+    ~interval, and an ack is released only by a snapshot of its own partition, taken after its record."""
+    redis, clock, acked = FakeRedis(), Clock(), []
+    redis.release.set()
+    state = {f"d{p}": p for p in range(4)} | {"offset": 0}
+    flusher = Flusher(
+        redis.write, state_encoder(state), interval_s=2.0, clock=clock, partition_of=lambda a: a.partition
+    )
+    submitted_at: dict[str, float] = {}
+    snapshots: list[tuple[float, set[int]]] = []
+    for i in range(120):
+        clock.now += 0.1
+        fx = Effects()
+        for p in range(4):
+            fx.offsets[p] = i
+            fx.dirty[p] = {f"d{p}"}
+        acks = [PartitionAck(acked, f"{p}:{i}", p) for p in range(4)]
+        submitted_at.update({a.name: clock.now for a in acks})
+        before = len(redis.writes)
+        released_before = len(acked)
+        await flusher.submit(fx, acks)
+        await flusher.wait()
+        snapshot = redis.writes[before][1] if len(redis.writes) > before else None
+        if snapshot:
+            parts = set(snapshot)
+            snapshots.append((clock.now, parts))
+            assert len(parts) == 1, f"one partition per snapshot, got {parts}"
+            (p,) = parts
+            newly = acked[released_before:]
+            assert newly and all(name.startswith(f"{p}:") for name in newly), "only its own partition's acks"
+            assert all(submitted_at[name] <= clock.now for name in newly)
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(snapshots)]
+    assert all(0.45 <= g <= 0.65 for g in gaps), gaps  # interval / 4 (+ one flush period)
+    for p in range(4):
+        times = [t for t, parts in snapshots if p in parts]
+        assert len(times) >= 4
+        assert all(1.9 <= b - a <= 2.5 for a, b in itertools.pairwise(times)), (p, times)
+
+
+async def test_a_forced_snapshot_still_covers_every_partition_when_staggered() -> None:
+    redis, clock, acked = FakeRedis(), Clock(), []
+    redis.release.set()
+    state = {"a": 1, "b": 2, "offset": 7}
+    flusher = Flusher(
+        redis.write, state_encoder(state), interval_s=60.0, clock=clock, partition_of=lambda a: a.partition
+    )
+    await flusher.submit(effects(0, 1, "a"), [PartitionAck(acked, "p0", 0)])
+    await flusher.submit(effects(1, 1, "b"), [PartitionAck(acked, "p1", 1)])
+    await flusher.wait()
+    assert acked == [] and flusher.pending
+    await flusher.submit(Effects(), snapshot=True)
+    await flusher.wait()
+    assert redis.writes[-1][1] == {0: {"a": 1, "__offset__": 7}, 1: {"b": 2, "__offset__": 7}}
+    assert sorted(acked) == ["p0", "p1"] and not flusher.pending
