@@ -122,9 +122,7 @@ class Flusher:
             self._last_by_partition.setdefault(partition, self.last_snapshot)
         if now < self._next_slot:
             return None
-        oldest = min(pending, key=lambda p: self._last_by_partition[p])
-        self._next_slot = now + self.interval_s / max(1, len(self._last_by_partition))
-        return {oldest}
+        return {min(pending, key=lambda p: self._last_by_partition[p])}  # the one whose snapshot is oldest
 
     async def submit(self, fx: Effects, acks: Iterable[Ackable] = (), *, snapshot: bool = False) -> None:
         """Queue the effects of one batch (or tick) and the acks of its records. Writes a snapshot with it if
@@ -152,6 +150,8 @@ class Flusher:
             self.last_snapshot = now
             for partition in due:
                 self._last_by_partition[partition] = now
+            if self._partition_of is not None and not snapshot:  # staggered: the next partition's turn
+                self._next_slot = now + self.interval_s / max(1, len(self._last_by_partition))
         if not fx and encoded is None:
             return
         await self.wait()

@@ -242,3 +242,17 @@ async def test_a_forced_snapshot_still_covers_every_partition_when_staggered() -
     await flusher.wait()
     assert redis.writes[-1][1] == {0: {"a": 1, "__offset__": 7}, 1: {"b": 2, "__offset__": 7}}
     assert sorted(acked) == ["p0", "p1"] and not flusher.pending
+
+
+async def test_asking_whether_a_staggered_snapshot_is_due_does_not_use_up_its_turn() -> None:
+    redis, clock, acked = FakeRedis(), Clock(), []
+    redis.release.set()
+    flusher = Flusher(
+        redis.write, state_encoder({"a": 1, "offset": 1}), interval_s=2.0, clock=clock, partition_of=lambda a: 0
+    )
+    await flusher.submit(effects(0, 1, "a"), [PartitionAck(acked, "p0", 0)])
+    clock.now += 2.5
+    assert flusher.snapshot_due() and flusher.snapshot_due()
+    await flusher.submit(Effects())
+    await flusher.wait()
+    assert acked == ["p0"]
