@@ -48,11 +48,10 @@ class RedisLatencyProbe:
     client: redis.Redis
     channel: str
     device_prefix: str
-    latencies_ms: list[float] = field(default_factory=list)
+    #: (sensor ts, latency ms) of every reading seen since the last take
+    samples: list[tuple[int, float]] = field(default_factory=list)
     readings: int = 0
     ids: set[str] = field(default_factory=set)
-    #: (sensor ts, latency ms) of every reading seen since the probe started, for :func:`latency_timeline`
-    samples: list[tuple[int, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -75,23 +74,21 @@ class RedisLatencyProbe:
             with self._lock:
                 for batch in device_batches(orjson.loads(data)):  # a device batch, or many (partition mode)
                     for r in batch["readings"]:
-                        latency = now - r["ts"]
-                        self.latencies_ms.append(latency)
-                        self.samples.append((r["ts"], latency))
+                        self.samples.append((r["ts"], now - r["ts"]))
                         self.ids.add(r["id"])
                     self.readings += len(batch["readings"])
 
-    def take(self) -> tuple[list[float], int]:
-        """Latencies and reading count since the last call."""
+    def take_samples(self) -> tuple[list[tuple[int, float]], int]:
+        """(sensor ts, latency ms) samples and reading count since the last take."""
         with self._lock:
-            latencies, count = self.latencies_ms, self.readings
-            self.latencies_ms, self.readings = [], 0
-        return latencies, count
+            samples, count = self.samples, self.readings
+            self.samples, self.readings = [], 0
+        return samples, count
 
-    def timeline(self, start_ms: int, bucket_ms: int = 1000) -> list[dict[str, float]]:
-        with self._lock:
-            samples = list(self.samples)
-        return latency_timeline(samples, start_ms, bucket_ms)
+    def take(self) -> tuple[list[float], int]:
+        """Latencies and reading count since the last take."""
+        samples, count = self.take_samples()
+        return [latency for _, latency in samples], count
 
     def close(self) -> None:
         self._stop.set()

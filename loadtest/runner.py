@@ -42,7 +42,7 @@ import yaml
 from iotp import stats
 from iotp.settings import Settings
 from iotp.topics import redis_names
-from loadtest.probes import RedisLatencyProbe, StageCounters, WindowSampler
+from loadtest.probes import RedisLatencyProbe, StageCounters, WindowSampler, latency_timeline
 
 STATS_LAG_S = 1.5
 STAGES = {  # stage -> cumulative counter in the Redis stats hash (MQTT messages for mqtt_in, else readings)
@@ -210,7 +210,7 @@ class LoadTest:
         for stage, counter in STAGES.items():
             per = self.batch if stage == "mqtt_in" else 1  # a message carries `batch` readings
             result.stage_rates[stage] = round(per * (after.get(counter, 0) - before.get(counter, 0)) / window, 1)
-        latencies, seen = probe.take()
+        samples, seen = probe.take_samples()
         result.stage_rates["redis_visible"] = round(seen / window, 1)
 
         # drain: wait until every published reading is stored (or the drain time is up)
@@ -223,10 +223,11 @@ class LoadTest:
                 break
             time.sleep(0.5)
         result.drain_s = round(time.monotonic() - drain_started, 1)
-        more, _ = probe.take()
+        more, _ = probe.take_samples()
         probe.close()
-        result.redis_latency_ms = percentiles(latencies + more)
-        result.redis_latency_timeline = probe.timeline(started_ms)
+        samples += more
+        result.redis_latency_ms = percentiles([latency for _, latency in samples])
+        result.redis_latency_timeline = latency_timeline(samples, started_ms)
         result.stored = int(check.get("readings", 0))
         result.lost = max(0, result.published - result.stored)
         result.duplicates = int(check.get("duplicate_rows", 0))
