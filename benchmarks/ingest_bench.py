@@ -35,7 +35,6 @@ from pathlib import Path
 
 import orjson
 import psutil
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 
+from benchmarks.publisher_bench import lean_command  # noqa: E402
 from infra.kafka_admin import create_topics_sync  # noqa: E402
 from infra.stack import LocalStack, loopback_settings, settings_env  # noqa: E402
 from iotp.schema import device_batches  # noqa: E402
@@ -215,19 +215,12 @@ def bench_gateway_cpu(base: Settings, tmp: Path, rate: float, seconds: float, de
     gw = _start_gateways(s, tmp, [f"cpu-{uuid.uuid4().hex[:6]}"])[0]
     try:
         proc = psutil.Process(gw.pid)
-        scenario = tmp / f"lean-{uuid.uuid4().hex[:6]}.yaml"
-        scenario.write_text(
-            yaml.safe_dump(
-                {"fleet": {"devices": devices, "mix": {"power": 1.0}}, "rate_per_s": rate, "duration_s": seconds,
-                 "qos": 1}
-            )
-        )  # fmt: skip
         stats_file = tmp / f"lean-{uuid.uuid4().hex[:6]}.json"
         env = {**os.environ, **settings_env(s), "PYTHONUNBUFFERED": "1"}
         before = sum(proc.cpu_times()[:2])
         subprocess.run(
-            [sys.executable, "-m", "loadtest.lean_publisher", "--scenario", str(scenario), "--stats-json",
-             str(stats_file)], cwd=ROOT, env=env, check=True, timeout=seconds + 120, stdout=subprocess.DEVNULL,
+            lean_command(tmp, devices, rate, seconds, stats_file), cwd=ROOT, env=env, check=True,
+            timeout=seconds + 120, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         sent = int(orjson.loads(stats_file.read_bytes())["confirmed"])
         count, total, _rx = asyncio.run(forwarded(s, sent, timeout=120))
@@ -339,13 +332,14 @@ def main() -> None:
                 for mqtt in args.mqtt_variants.split(",")
                 if not (args.quick and batch == 10 and n != 1)
             ]
-            for _ in range(args.rounds if args.paced else 0):
-                for mode, mqtt, gcv in [
-                    (mode, mqtt, gcv)
-                    for mode in args.record_modes.split(",")
-                    for mqtt in args.mqtt_variants.split(",")
-                    for gcv in args.gc_variants.split(",")
-                ]:
+            paced_variants = [
+                (mode, mqtt, gcv)
+                for mode in args.record_modes.split(",")
+                for mqtt in args.mqtt_variants.split(",")
+                for gcv in args.gc_variants.split(",")
+            ]
+            for _ in range(args.rounds):
+                for mode, mqtt, gcv in paced_variants if args.paced else []:
                     update = {"kafka_record_mode": mode, **MQTT_VARIANTS[mqtt], **GC_VARIANTS[gcv]}
                     row = bench_gateway_cpu(
                         base.model_copy(update=update), tmp, args.paced, args.paced_seconds, args.paced_devices
@@ -355,8 +349,7 @@ def main() -> None:
                     )
                     rows.append(row)
                     console.print(rows[-1])
-            for _ in range(0 if args.paced else args.rounds):
-                for batch, n, mode, mqtt in gateway_variants:
+                for batch, n, mode, mqtt in [] if args.paced else gateway_variants:
                     if args.only == "simulator":
                         break
                     update = {"kafka_record_mode": mode, **MQTT_VARIANTS[mqtt]}

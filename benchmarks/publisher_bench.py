@@ -61,10 +61,16 @@ def _command(kind: str, tmp: Path, rate: float, seconds: float, stats: Path) -> 
             "--rate", str(rate), "--duration", str(seconds), "--qos", "1", "--workers", "1", "--seed", "1",
             "--stats-json", str(stats),
         ]  # fmt: skip
+    return lean_command(tmp, DEVICES, rate, seconds, stats)
+
+
+def lean_command(tmp: Path, devices: int, rate: float, seconds: float, stats: Path) -> list[str]:
+    """The lean publisher as a process: ``devices`` power meters at ``rate`` msgs/s for ``seconds``, QoS 1,
+    its stats written to ``stats`` (the scenario file goes into ``tmp``)."""
     scenario = tmp / f"lean-{uuid.uuid4().hex[:6]}.yaml"
     scenario.write_text(
         yaml.safe_dump(
-            {"fleet": {"devices": DEVICES, "mix": {"power": 1.0}}, "rate_per_s": rate, "duration_s": seconds, "qos": 1}
+            {"fleet": {"devices": devices, "mix": {"power": 1.0}}, "rate_per_s": rate, "duration_s": seconds, "qos": 1}
         )
     )
     return [sys.executable, "-m", "loadtest.lean_publisher", "--scenario", str(scenario), "--stats-json", str(stats)]
