@@ -102,9 +102,6 @@ class Flusher:
         """Is there state or are there acks that no snapshot covers yet?"""
         return bool(self.dirty or self.advanced or self.held)
 
-    def snapshot_due(self) -> bool:
-        return bool(self._due(force=False))
-
     def _due(self, *, force: bool) -> set[int] | None:
         """The partitions whose snapshot goes with this flush; ``None``: no snapshot now. Unstaggered (or
         forced, or ``interval_s`` 0) every pending partition, once the interval has passed."""
