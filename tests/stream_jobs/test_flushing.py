@@ -61,6 +61,14 @@ def state_encoder(state: dict[str, int]):
     return encode
 
 
+def released_flusher(state: dict, interval_s: float, **kwargs) -> tuple[Flusher, FakeRedis, Clock, list]:
+    """A flusher over ``state`` whose writes complete at once (the fake Redis is released), its fake Redis and
+    clock, and the list its acks go to."""
+    redis, clock = FakeRedis(), Clock()
+    redis.release.set()
+    return Flusher(redis.write, state_encoder(state), interval_s=interval_s, clock=clock, **kwargs), redis, clock, []
+
+
 async def test_acks_wait_for_the_redis_write_of_a_snapshot_that_covers_them() -> None:
     redis, clock, acked = FakeRedis(), Clock(), []
     state = {"a": 1, "offset": 1}
@@ -97,10 +105,8 @@ async def test_the_next_batch_is_processed_while_a_flush_is_in_flight_and_flushe
 
 
 async def test_snapshots_at_most_every_interval_while_effects_go_out_with_every_flush() -> None:
-    redis, clock, acked = FakeRedis(), Clock(), []
-    redis.release.set()
     state = {"a": 0, "b": 0, "offset": 0}
-    flusher = Flusher(redis.write, state_encoder(state), interval_s=2.0, clock=clock)
+    flusher, redis, clock, acked = released_flusher(state, 2.0)
     for i in range(1, 11):  # 10 flushes, 0.5 s apart
         clock.now += 0.5
         state.update(a=i, offset=i)
@@ -121,10 +127,8 @@ async def test_snapshots_at_most_every_interval_while_effects_go_out_with_every_
 
 
 async def test_a_forced_snapshot_covers_everything_pending_and_forget_drops_revoked_partitions() -> None:
-    redis, clock, acked = FakeRedis(), Clock(), []
-    redis.release.set()
     state = {"a": 1, "b": 1, "offset": 1}
-    flusher = Flusher(redis.write, state_encoder(state), interval_s=60.0, clock=clock)
+    flusher, redis, _clock, acked = released_flusher(state, 60.0)
     await flusher.submit(effects(0, 1, "a"), [Ack(acked, "p0")])
     await flusher.submit(effects(1, 1, "b"), [Ack(acked, "p1")])
     await flusher.wait()
@@ -155,9 +159,7 @@ async def test_a_failing_write_acks_nothing_and_blocks_the_next_flush() -> None:
 
 
 async def test_not_pipelined_submit_returns_after_the_write() -> None:
-    redis, clock, acked = FakeRedis(), Clock(), []
-    redis.release.set()
-    flusher = Flusher(redis.write, state_encoder({"a": 1, "offset": 1}), interval_s=0.0, pipelined=False, clock=clock)
+    flusher, redis, _clock, acked = released_flusher({"a": 1, "offset": 1}, 0.0, pipelined=False)
     await flusher.submit(effects(0, 1, "a"), [Ack(acked, 1)])
     assert len(redis.writes) == 1 and acked == [1]
 
@@ -165,10 +167,8 @@ async def test_not_pipelined_submit_returns_after_the_write() -> None:
 async def test_dropped_held_acks_are_never_acked_and_the_rest_still_are() -> None:
     """A partition whose offsets turned out to be another incarnation's (a wiped broker): its held acks must
     not reach Faust, which would otherwise commit the old log's offsets on the new log."""
-    redis, clock, acked = FakeRedis(), Clock(), []
-    redis.release.set()
     state = {"a": 1, "b": 1, "offset": 1}
-    flusher = Flusher(redis.write, state_encoder(state), interval_s=60.0, clock=clock)
+    flusher, _redis, _clock, acked = released_flusher(state, 60.0)
     await flusher.submit(effects(0, 1, "a"), [Ack(acked, "p0")])
     await flusher.submit(effects(1, 1, "b"), [Ack(acked, "p1-old")])
     dropped = flusher.drop_held(lambda item: item.name == "p1-old")
@@ -190,12 +190,8 @@ async def test_staggered_snapshots_take_one_partition_at_a_time_and_release_only
     """Four partitions, every one dirty in every flush (a flush every 0.1 s for 12 s, interval 2 s): each
     snapshot covers one partition, the snapshots are spread interval/4 apart, every partition gets one every
     ~interval, and an ack is released only by a snapshot of its own partition, taken after its record."""
-    redis, clock, acked = FakeRedis(), Clock(), []
-    redis.release.set()
     state = {f"d{p}": p for p in range(4)} | {"offset": 0}
-    flusher = Flusher(
-        redis.write, state_encoder(state), interval_s=2.0, clock=clock, partition_of=lambda a: a.partition
-    )
+    flusher, redis, clock, acked = released_flusher(state, 2.0, partition_of=lambda a: a.partition)
     submitted_at: dict[str, float] = {}
     snapshots: list[tuple[float, set[int]]] = []
     for i in range(120):
@@ -228,12 +224,8 @@ async def test_staggered_snapshots_take_one_partition_at_a_time_and_release_only
 
 
 async def test_a_forced_snapshot_still_covers_every_partition_when_staggered() -> None:
-    redis, clock, acked = FakeRedis(), Clock(), []
-    redis.release.set()
     state = {"a": 1, "b": 2, "offset": 7}
-    flusher = Flusher(
-        redis.write, state_encoder(state), interval_s=60.0, clock=clock, partition_of=lambda a: a.partition
-    )
+    flusher, redis, _clock, acked = released_flusher(state, 60.0, partition_of=lambda a: a.partition)
     await flusher.submit(effects(0, 1, "a"), [PartitionAck(acked, "p0", 0)])
     await flusher.submit(effects(1, 1, "b"), [PartitionAck(acked, "p1", 1)])
     await flusher.wait()
@@ -242,17 +234,3 @@ async def test_a_forced_snapshot_still_covers_every_partition_when_staggered() -
     await flusher.wait()
     assert redis.writes[-1][1] == {0: {"a": 1, "__offset__": 7}, 1: {"b": 2, "__offset__": 7}}
     assert sorted(acked) == ["p0", "p1"] and not flusher.pending
-
-
-async def test_asking_whether_a_staggered_snapshot_is_due_does_not_use_up_its_turn() -> None:
-    redis, clock, acked = FakeRedis(), Clock(), []
-    redis.release.set()
-    flusher = Flusher(
-        redis.write, state_encoder({"a": 1, "offset": 1}), interval_s=2.0, clock=clock, partition_of=lambda a: 0
-    )
-    await flusher.submit(effects(0, 1, "a"), [PartitionAck(acked, "p0", 0)])
-    clock.now += 2.5
-    assert flusher.snapshot_due() and flusher.snapshot_due()
-    await flusher.submit(Effects())
-    await flusher.wait()
-    assert acked == ["p0"]
