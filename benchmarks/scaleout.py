@@ -82,7 +82,8 @@ def main() -> None:
     runs = [run_topology(int(t.split("x")[0]), args, args.out_dir) for t in args.topologies.split(",")]
 
     table = Table(
-        "topology", "offered/s", "MQTT in/s", "processed/s", "stored/s", "Redis p50/p99 ms", "lost", "drain s",
+        "topology", "offered/s", "MQTT in/s", "processed/s", "stored/s", "Redis p50/p99 ms",
+        "p99 to gateway / after ms", "lost", "drain s",
         "ok", "CPU % per process over the publishing window (one core = 100)",
         title=f"scale-out, {args.devices:,} devices, 1 reading per message, QoS 1, {args.record_mode} records",
     )  # fmt: skip
@@ -90,6 +91,7 @@ def main() -> None:
         for step in run["steps"]:
             rates = step["stage_rates"]
             lat = step.get("redis_latency_ms") or {}
+            split = step.get("redis_latency_split_ms") or {}
             cpu = ", ".join(f"{name} {usage['cpu_pct']:.0f}" for name, usage in sorted(step["processes"].items()))
             table.add_row(
                 run["topology"],
@@ -98,6 +100,7 @@ def main() -> None:
                 f"{rates.get('processed', 0):,.0f}",
                 f"{rates.get('stored', 0):,.0f}",
                 f"{lat.get('p50', 0):,.0f} / {lat.get('p99', 0):,.0f}",
+                " / ".join(f"{split.get(part, {}).get('p99', 0):,.0f}" for part in ("to_gateway", "after_gateway")),
                 str(step["lost"]),
                 f"{step['drain_s']:.1f}",
                 "yes" if step["sustainable"] else "no",

@@ -26,6 +26,9 @@ import redis
 from iotp.schema import device_batches
 from iotp.topics import RedisNames
 
+#: one reading seen by :class:`RedisLatencyProbe`: (sensor ts ms, gateway receive ts ms, sensor -> Redis ms)
+Sample = tuple[int, int, float]
+
 
 class StageCounters:
     def __init__(self, client: redis.Redis, names: RedisNames) -> None:
@@ -48,8 +51,8 @@ class RedisLatencyProbe:
     client: redis.Redis
     channel: str
     device_prefix: str
-    #: (sensor ts, latency ms) of every reading seen since the last take
-    samples: list[tuple[int, float]] = field(default_factory=list)
+    #: (sensor ts, gateway rx, latency ms) of every reading seen since the last take
+    samples: list[Sample] = field(default_factory=list)
     readings: int = 0
     ids: set[str] = field(default_factory=set)
 
@@ -74,12 +77,12 @@ class RedisLatencyProbe:
             with self._lock:
                 for batch in device_batches(orjson.loads(data)):  # a device batch, or many (partition mode)
                     for r in batch["readings"]:
-                        self.samples.append((r["ts"], now - r["ts"]))
+                        self.samples.append((r["ts"], r.get("rx", r["ts"]), now - r["ts"]))
                         self.ids.add(r["id"])
                     self.readings += len(batch["readings"])
 
-    def take_samples(self) -> tuple[list[tuple[int, float]], int]:
-        """(sensor ts, latency ms) samples and reading count since the last take."""
+    def take_samples(self) -> tuple[list[Sample], int]:
+        """(sensor ts, gateway rx, latency ms) samples and reading count since the last take."""
         with self._lock:
             samples, count = self.samples, self.readings
             self.samples, self.readings = [], 0
@@ -88,7 +91,7 @@ class RedisLatencyProbe:
     def take(self) -> tuple[list[float], int]:
         """Latencies and reading count since the last take."""
         samples, count = self.take_samples()
-        return [latency for _, latency in samples], count
+        return [latency for _, _, latency in samples], count
 
     def close(self) -> None:
         self._stop.set()
@@ -96,28 +99,43 @@ class RedisLatencyProbe:
         self._pubsub.close()
 
 
-def latency_timeline(samples: list[tuple[int, float]], start_ms: int, bucket_ms: int = 1000) -> list[dict[str, float]]:
+def latency_timeline(samples: list[Sample], start_ms: int, bucket_ms: int = 1000) -> list[dict[str, float]]:
     """Sensor -> Redis latency per ``bucket_ms`` of sensor time from ``start_ms``: one entry per bucket that
-    has readings, ``{"s": bucket start in seconds from start_ms, "n", "p50", "p99", "max"}``. Periodic work
-    (windows that all close in the same second, snapshots, the sink's insert blocks) shows up here as the
-    buckets whose p99 stands out, where one p99 over the whole step cannot say when it happened."""
-    buckets: dict[int, list[float]] = {}
-    for ts, latency in samples:
-        buckets.setdefault((ts - start_ms) // bucket_ms, []).append(latency)
+    has readings, ``{"s": bucket start in seconds from start_ms, "n", "p50", "p99", "max", "gw_p99"}``,
+    ``gw_p99`` being the p99 of sensor -> gateway receive (``rx - ts``) alone. Periodic work (windows that
+    all close in the same second, snapshots, the sink's insert blocks) shows up here as the buckets whose
+    p99 stands out, where one p99 over the whole step cannot say when it happened; ``gw_p99`` says whether
+    the slow second was already slow before the gateway (publisher, Mosquitto, the gateway's MQTT reads)."""
+    buckets: dict[int, list[Sample]] = {}
+    for sample in samples:
+        buckets.setdefault((sample[0] - start_ms) // bucket_ms, []).append(sample)
     out = []
     for index in sorted(buckets):
-        values = sorted(buckets[index])
+        values = sorted(latency for _, _, latency in buckets[index])
+        to_gateway = sorted(rx - ts for ts, rx, _ in buckets[index])
         n = len(values)
+        p99 = min(n - 1, int(0.99 * n))
         out.append(
             {
                 "s": round(index * bucket_ms / 1000, 3),
                 "n": n,
                 "p50": round(values[n // 2], 1),
-                "p99": round(values[min(n - 1, int(0.99 * n))], 1),
+                "p99": round(values[p99], 1),
                 "max": round(values[-1], 1),
+                "gw_p99": round(float(to_gateway[p99]), 1),
             }
         )
     return out
+
+
+def latency_split(samples: list[Sample]) -> dict[str, list[float]]:
+    """The sensor -> Redis latencies of ``samples`` split at the gateway's receive stamp: ``to_gateway``
+    (publisher, Mosquitto, the gateway's MQTT reads) and ``after_gateway`` (linger, Kafka, the stream
+    worker, Redis), one value of each per reading."""
+    return {
+        "to_gateway": [float(rx - ts) for ts, rx, _ in samples],
+        "after_gateway": [latency - (rx - ts) for ts, rx, latency in samples],
+    }
 
 
 class ProcessSampler:
@@ -211,6 +229,19 @@ def window_usage(series: dict[str, Series], start: float, end: float) -> dict[st
             "cpu_pct": round(window_cpu_pct(s.cpu, start, end), 1),
             "rss_mb": round(window_peak(s.rss, start, end) / 2**20, 1),
         }
+    return out
+
+
+def cpu_timeline(series: dict[str, Series], start: float, end: float, bucket_s: float = 1.0) -> dict[str, list[float]]:
+    """Per process name: CPU % in each ``bucket_s`` from ``start`` to ``end`` (wall clock), so a process that
+    bursts (a merge, a snapshot, a collection) in the second the latency jumps can be seen next to the
+    latency timeline; buckets shorter than the sampling interval are interpolated, so keep them >= 4 x."""
+    edges = [start + i * bucket_s for i in range(int((end - start) // bucket_s) + 1)]
+    out = {}
+    for name, s in series.items():
+        if not s.cpu or s.cpu[-1][0] < start or s.cpu[0][0] > end:
+            continue
+        out[name] = [round(window_cpu_pct(s.cpu, a, b), 1) for a, b in zip(edges, edges[1:], strict=False)]
     return out
 
 
@@ -310,3 +341,7 @@ class WindowSampler:
     def usage(self, start: float, end: float) -> dict[str, dict[str, float]]:
         with self._lock:
             return window_usage(self.series, start, end)
+
+    def timeline(self, start: float, end: float) -> dict[str, list[float]]:
+        with self._lock:
+            return cpu_timeline(self.series, start, end)

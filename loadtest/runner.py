@@ -42,7 +42,7 @@ import yaml
 from iotp import stats
 from iotp.settings import Settings
 from iotp.topics import redis_names
-from loadtest.probes import RedisLatencyProbe, StageCounters, WindowSampler, latency_timeline
+from loadtest.probes import RedisLatencyProbe, StageCounters, WindowSampler, latency_split, latency_timeline
 
 STATS_LAG_S = 1.5
 STAGES = {  # stage -> cumulative counter in the Redis stats hash (MQTT messages for mqtt_in, else readings)
@@ -61,6 +61,9 @@ class StepResult:
     publish_rate: float = 0.0
     stage_rates: dict[str, float] = field(default_factory=dict)
     redis_latency_ms: dict[str, float] = field(default_factory=dict)
+    #: sensor -> Redis latency split at the gateway's receive stamp (loadtest.probes.latency_split):
+    #: {"to_gateway": percentiles, "after_gateway": percentiles}
+    redis_latency_split_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     #: sensor -> Redis latency per second of sensor time from the step's start (loadtest.probes.latency_timeline)
     redis_latency_timeline: list[dict[str, float]] = field(default_factory=list)
     clickhouse_latency_ms: dict[str, float] = field(default_factory=dict)
@@ -71,6 +74,8 @@ class StepResult:
     duplicates: int = 0
     processes: dict[str, dict[str, float]] = field(default_factory=dict)  # over the publishing window
     cpu_window_s: float = 0.0
+    #: CPU % per process per second of the step from its start (the seconds of redis_latency_timeline)
+    cpu_timeline: dict[str, list[float]] = field(default_factory=dict)
     sustainable: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -200,6 +205,7 @@ class LoadTest:
         cpu_start, cpu_end = publishing_window(stats["written_at"], stats["elapsed"])
         result.processes = sampler.usage(cpu_start, cpu_end)
         result.cpu_window_s = round(cpu_end - cpu_start, 2)
+        result.cpu_timeline = sampler.timeline(started_ms / 1000, cpu_end)
         time.sleep(STATS_LAG_S)
         after = self.counters.read()
         # "sent" = acknowledged by the broker: a reading the publisher gave up on never entered the pipeline
@@ -226,7 +232,8 @@ class LoadTest:
         more, _ = probe.take_samples()
         probe.close()
         samples += more
-        result.redis_latency_ms = percentiles([latency for _, latency in samples])
+        result.redis_latency_ms = percentiles([latency for _, _, latency in samples])
+        result.redis_latency_split_ms = {part: percentiles(v) for part, v in latency_split(samples).items()}
         result.redis_latency_timeline = latency_timeline(samples, started_ms)
         result.stored = int(check.get("readings", 0))
         result.lost = max(0, result.published - result.stored)

@@ -10,7 +10,7 @@ import time
 import pytest
 from rich.console import Console
 
-from loadtest.probes import Series, WindowSampler, cpu_at, window_cpu_pct, window_usage
+from loadtest.probes import Series, WindowSampler, cpu_at, cpu_timeline, window_cpu_pct, window_usage
 from loadtest.report import process_table
 from loadtest.runner import StepResult, publishing_window
 from tests.support.waiting import wait_for
@@ -53,6 +53,19 @@ def test_a_process_started_or_ended_inside_the_window_counts_for_its_share():
     usage = window_usage({"publisher-worker-1": born, "publisher-worker-2": gone}, 100, 110)
     assert usage["publisher-worker-1"]["cpu_pct"] == 50.0
     assert usage["publisher-worker-2"]["cpu_pct"] == 64.0
+
+
+def test_cpu_timeline_shows_the_second_a_process_burst():
+    # 20 % for 3 s, a 2 s burst at 100 %, then 20 % again: the timeline shows the burst where the average
+    # over the window (52 %) does not
+    s = Series()
+    for t, v in busy(100, 103, 20) + busy(103.5, 105, 100, base=1.1) + busy(105.5, 108, 20, base=2.6):
+        s.add_cpu(t, v)
+    timeline = cpu_timeline({"api": s}, 100, 108)["api"]
+    assert len(timeline) == 8
+    assert timeline[:3] == [20.0, 20.0, 20.0]
+    assert timeline[3:5] == [pytest.approx(100.0), pytest.approx(100.0)]
+    assert timeline[6:] == [pytest.approx(20.0), pytest.approx(20.0)]
 
 
 def test_counter_stays_monotonic_and_unrelated_processes_are_left_out():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from loadtest.probes import latency_timeline
+from loadtest.probes import latency_split, latency_timeline
 from loadtest.report import plot
 from loadtest.runner import StepResult, max_sustainable, percentiles, to_json
 
@@ -35,9 +35,14 @@ def test_json_report_carries_steps_and_verdict():
 
 def test_latency_timeline_buckets_by_sensor_time_and_shows_the_slow_second():
     start = 1_000_000
-    samples = [(start + 10 * i, 100.0) for i in range(100)]  # second 0: 100 readings at 100 ms
-    samples += [(start + 1000 + 10 * i, 100.0 + (900.0 if i >= 90 else 0.0)) for i in range(100)]  # second 1: 10 slow
-    samples += [(start + 3500, 50.0)]  # second 3 (none in second 2)
+    # (sensor ts, gateway rx, latency): second 0: 100 readings at 100 ms, 20 ms of it before the gateway
+    samples = [(start + 10 * i, start + 10 * i + 20, 100.0) for i in range(100)]
+    # second 1: 10 slow readings, slow before the gateway already (700 of their 1000 ms)
+    samples += [
+        (start + 1000 + 10 * i, start + 1000 + 10 * i + (700 if i >= 90 else 20), 100.0 + (900.0 if i >= 90 else 0.0))
+        for i in range(100)
+    ]
+    samples += [(start + 3500, start + 3510, 50.0)]  # second 3 (none in second 2)
     timeline = latency_timeline(samples, start)
     assert [b["s"] for b in timeline] == [0.0, 1.0, 3.0]
     assert [b["n"] for b in timeline] == [100, 100, 1]
@@ -47,7 +52,13 @@ def test_latency_timeline_buckets_by_sensor_time_and_shows_the_slow_second():
         1000.0,
         1000.0,
     )
-    assert timeline[2] == {"s": 3.0, "n": 1, "p50": 50.0, "p99": 50.0, "max": 50.0}
+    assert (timeline[0]["gw_p99"], timeline[1]["gw_p99"]) == (20.0, 700.0)
+    assert timeline[2] == {"s": 3.0, "n": 1, "p50": 50.0, "p99": 50.0, "max": 50.0, "gw_p99": 10.0}
+
+
+def test_latency_split_separates_the_time_before_the_gateway_from_the_rest():
+    split = latency_split([(1000, 1030, 250.0), (2000, 2400, 500.0)])
+    assert split == {"to_gateway": [30.0, 400.0], "after_gateway": [220.0, 100.0]}
 
 
 def test_the_report_plots_a_step_with_its_latency_timeline(tmp_path):
