@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import orjson
 import psutil
@@ -241,7 +242,7 @@ def cpu_timeline(series: dict[str, Series], start: float, end: float, bucket_s: 
     for name, s in series.items():
         if not s.cpu or s.cpu[-1][0] < start or s.cpu[0][0] > end:
             continue
-        out[name] = [round(window_cpu_pct(s.cpu, a, b), 1) for a, b in zip(edges, edges[1:], strict=False)]
+        out[name] = [round(window_cpu_pct(s.cpu, a, b), 1) for a, b in pairwise(edges)]
     return out
 
 
