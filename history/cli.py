@@ -48,14 +48,21 @@ def sink(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         redis = aioredis.from_url(settings.redis_url)
+        niced: asyncio.Task[None] | None = None
         try:
             sink = ClickHouseSink(settings, client, redis=redis)
             port = settings.sink_metrics_port if metrics_port is None else metrics_port
             if port:
                 REGISTRY.register(SinkCollector(lambda: sink))
                 serve_metrics(port, settings.metrics_host, logging.getLogger("iotp.sink"))
+            if settings.clickhouse_embedded and settings.history_engine_nice:
+                from history.engine_priority import keep_engine_niced
+
+                niced = asyncio.create_task(keep_engine_niced(settings.history_engine_nice))
             await sink.run(stop)
         finally:
+            if niced is not None:
+                niced.cancel()
             await redis.aclose()
 
     asyncio.run(main())

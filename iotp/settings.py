@@ -161,7 +161,12 @@ class Settings(BaseSettings):
         description="Records per Faust take() batch = per flush; unset: 500 device records, or 20 partition records "
         "(each carries ~devices/partitions x linger readings; docs/stream-processing.md)",
     )
-    stream_take_within_s: float = Field(0.1, gt=0, description="Max wait to fill a take() batch")
+    stream_take_within_s: float = Field(
+        0.02,
+        gt=0,
+        description="Max wait to fill a take() batch. Partition records arrive a few per gateway linger, so a take "
+        "rarely fills and this wait is added to every reading (0.1 before: ~60-130 ms more p50, docs/performance.md)",
+    )
     stream_buffer_maxsize: int = Field(
         4096, ge=1, description="Faust stream_buffer_maxsize: events buffered per partition before it pauses fetching"
     )
@@ -229,6 +234,13 @@ class Settings(BaseSettings):
     )
     sink_batch_seconds: float = Field(2.0, gt=0, description="A flush at the latest this long after a record")
     sink_group: str = "iotp-clickhouse-sink"
+    history_engine_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Nice value of the embedded ClickHouse engine's threads (inserts, merges) in the API process, "
+        "so their bursts yield the cores to the live path (history.engine_priority); 0 = as the process",
+    )
     sink_dedup_window: int = Field(10000, ge=100, description="Insert blocks remembered for deduplication")
     sink_metrics_port: int = Field(9128, ge=0, description="Prometheus /metrics of `iotp sink`; 0 = off")
     # --- History retention (TTL, days); changed values are applied by the migrations at start ---
