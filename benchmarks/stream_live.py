@@ -100,7 +100,7 @@ def _producer_main(settings_json: str, devices: int, seconds: float, out: multip
     out.put(asyncio.run(_produce(Settings.model_validate_json(settings_json), devices, seconds)))
 
 
-async def _listen(settings: Settings, stop: asyncio.Event, latencies: list[tuple[float, int]]) -> None:
+async def _listen(settings: Settings, stop: asyncio.Event, latencies: list[tuple[float, int, float]]) -> None:
     client = aioredis.from_url(settings.redis_url)
     pubsub = client.pubsub()
     await pubsub.subscribe(redis_names(settings).channel_readings)
@@ -111,7 +111,7 @@ async def _listen(settings: Settings, stop: asyncio.Event, latencies: list[tuple
                 continue
             now = time.time() * 1000
             for batch in device_batches(orjson.loads(msg["data"])):
-                latencies.append((time.monotonic(), round(now - batch["readings"][0]["rx"])))
+                latencies.append((time.monotonic(), round(now - batch["readings"][0]["rx"]), now / 1000))
                 break  # one reading per message: all of a record share the produce time
     finally:
         await pubsub.aclose()
@@ -149,7 +149,7 @@ def run_one(base: Settings, tmp: Path, variant: str, devices: int, seconds: floa
         worker = psutil.Process(proc.pid)
         queue: multiprocessing.Queue = multiprocessing.Queue()
         producer = multiprocessing.Process(target=_producer_main, args=(s.model_dump_json(), devices, seconds, queue))
-        latencies: list[tuple[float, int]] = []
+        latencies: list[tuple[float, int, float]] = []  # (monotonic, latency ms, wall-clock s) per message
 
         async def measure() -> tuple[int, float, float, int]:
             stop = asyncio.Event()
@@ -174,7 +174,7 @@ def run_one(base: Settings, tmp: Path, variant: str, devices: int, seconds: floa
         sent, elapsed, cpu, applied = asyncio.run(measure())
         producer.join(10)
         start = latencies[0][0] + WARMUP_S if latencies else 0
-        lat = [ms for at, ms in latencies if at >= start]
+        lat = [ms for at, ms, _ in latencies if at >= start]
         row.update(
             produced=sent,
             applied=applied,
@@ -188,6 +188,14 @@ def run_one(base: Settings, tmp: Path, variant: str, devices: int, seconds: floa
             row.update(
                 latency_ms_p50=round(statistics.median(lat)), latency_ms_p99=_pct(lat, 0.99), latency_ms_max=max(lat)
             )
+            # by the second of the wall clock within the 10 s window period: every device's 10 s windows end
+            # at the same multiple of 10 s and close on event time 5 s (the grace) later, so if closing them
+            # is what stalls the worker, the seconds after phase 5 stand out
+            by_phase: dict[int, list[int]] = {}
+            for at, ms, wall in latencies:
+                if at >= start:
+                    by_phase.setdefault(int(wall) % 10, []).append(ms)
+            row["latency_ms_p99_by_phase"] = {phase: _pct(v, 0.99) for phase, v in sorted(by_phase.items())}
         return row
     finally:
         os.killpg(proc.pid, 15)

@@ -74,6 +74,8 @@ class StepResult:
     duplicates: int = 0
     processes: dict[str, dict[str, float]] = field(default_factory=dict)  # over the publishing window
     cpu_window_s: float = 0.0
+    #: wall clock (epoch ms) of the step's start: second 0 of the two timelines
+    started_ms: int = 0
     #: CPU % per process per second of the step from its start (the seconds of redis_latency_timeline)
     cpu_timeline: dict[str, list[float]] = field(default_factory=dict)
     sustainable: bool = False
@@ -195,7 +197,7 @@ class LoadTest:
         sampler = WindowSampler(self.pids).start()
         before = self.counters.read()
         started = time.monotonic()
-        started_ms = int(time.time() * 1000)
+        started_ms = result.started_ms = int(time.time() * 1000)
         try:
             stats = self._publish(rate, prefix, workdir, sampler)
         finally:
