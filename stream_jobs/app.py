@@ -84,7 +84,11 @@ class StreamJob:
         self.topic = settings.topic_readings
         # from_url connects lazily, on the worker's event loop.
         self.writer = RedisWriter(
-            aioredis.from_url(settings.redis_url), redis_names(settings), settings.stream_app_id, self.topic
+            aioredis.from_url(settings.redis_url),
+            redis_names(settings),
+            settings.stream_app_id,
+            self.topic,
+            batch_aggregates=settings.kafka_record_mode == "partition",
         )
         self.flusher = Flusher(
             self._write_flush,

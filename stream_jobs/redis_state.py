@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from iotp import stats
-from iotp.schema import key_of, order_of
+from iotp.schema import encode_aggregate_batch, key_of, order_of
 from iotp.topics import RedisNames
 from stream_jobs.engine import Effects, Engine
 
@@ -116,7 +116,12 @@ def snapshot_key(names: RedisNames, app_id: str, topic: str, partition: int) -> 
 
 
 class RedisWriter:
-    def __init__(self, client: aioredis.Redis, names: RedisNames, app_id: str, topic: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis, names: RedisNames, app_id: str, topic: str, *, batch_aggregates: bool = False
+    ) -> None:
+        """``batch_aggregates`` (partition mode): the aggregates channel gets one
+        :class:`iotp.schema.AggregateBatch` per :data:`PUBLISH_PER_CALL` aggregates, not one message each."""
+        self.batch_aggregates = batch_aggregates
         self.redis = client
         self.names = names
         self.app_id = app_id
@@ -144,7 +149,11 @@ class RedisWriter:
             await self._publish(pipe, names.channel_readings, fx.published)
             if aggregates is None:
                 aggregates = [orjson.dumps(agg) for agg in fx.aggregates]
-            await self._publish(pipe, names.channel_aggregates, aggregates)
+            if self.batch_aggregates and len(aggregates) > 1:
+                for i in range(0, len(aggregates), PUBLISH_PER_CALL):
+                    pipe.publish(names.channel_aggregates, encode_aggregate_batch(aggregates[i : i + PUBLISH_PER_CALL]))
+            else:
+                await self._publish(pipe, names.channel_aggregates, aggregates)
             for alert in fx.alerts:
                 data = orjson.dumps(alert)
                 if alert["state"] == "open":

@@ -1,13 +1,14 @@
 """The live hub on partition-mode messages (IOTP_KAFKA_RECORD_MODE=partition): one message on the readings
-channel carries many device batches; each WebSocket subscriber still gets one frame per device batch, for
-the devices it asked for. Pure logic, no services."""
+channel carries many device batches (on the aggregates channel, many aggregates); each WebSocket subscriber
+still gets one frame per device batch (per aggregate), for the devices it asked for. Pure logic, no
+services."""
 
 from __future__ import annotations
 
 import orjson
 
 from dashboard_api.hub import Hub
-from iotp.schema import encode_batch, encode_partition_batch
+from iotp.schema import encode_aggregate_batch, encode_batch, encode_partition_batch
 
 
 def _batch(device_id: str, seq: int) -> bytes:
@@ -30,3 +31,20 @@ def test_a_partition_message_becomes_one_frame_per_device_batch() -> None:
     assert [f["data"]["device_id"] for f in _frames(only_b)] == ["b"]
     hub.dispatch("readings", batches[0])  # a device-mode message: as before
     assert _frames(everyone)[-1]["data"] == orjson.loads(batches[0])
+
+
+def _aggregate(device_id: str, metric: str) -> bytes:
+    return orjson.dumps({"v": 1, "device_id": device_id, "device_type": "climate", "metric": metric, "window_s": 10})
+
+
+def test_an_aggregate_batch_becomes_one_frame_per_aggregate() -> None:
+    hub = Hub(None, {"aggregates": "p:aggregates"})
+    everyone = hub.add(["aggregates"])
+    only_b = hub.add(["aggregates"], ["b"])
+    aggregates = [_aggregate("a", "t"), _aggregate("b", "t"), _aggregate("b", "h")]
+    hub.dispatch("aggregates", encode_aggregate_batch(aggregates))
+    assert [f["data"] for f in _frames(everyone)] == [orjson.loads(a) for a in aggregates]
+    assert [f["channel"] for f in _frames(everyone)] == ["aggregates"] * 3
+    assert [(f["data"]["device_id"], f["data"]["metric"]) for f in _frames(only_b)] == [("b", "t"), ("b", "h")]
+    hub.dispatch("aggregates", aggregates[0])  # one aggregate per message (device mode): as before
+    assert _frames(everyone)[-1]["data"] == orjson.loads(aggregates[0])

@@ -1,6 +1,7 @@
 """Partition-mode records (IOTP_KAFKA_RECORD_MODE=partition) through a real worker, broker and Redis: the
 same readings as partition records and as device-keyed records give the same latest state, aggregates and
-alerts (one worker per mode, each on its own topics)."""
+alerts (one worker per mode, each on its own topics), and the same aggregates on the Redis aggregates
+channel, which partition mode publishes as batches (``AggregateBatch``, many aggregates per message)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import orjson
 import pytest
 
 from iotp.kafka import partition_for
-from iotp.schema import encode_batch, encode_partition_batch
+from iotp.schema import channel_aggregates, encode_batch, encode_partition_batch
 from iotp.settings import Settings
+from iotp.topics import redis_names
 from tests.stream_jobs.conftest import stream_test_settings
 from tests.stream_jobs.support import Producer, TopicWatcher, device_hash, noise, now_ms, redis_client, until
 from tests.support.processes import ProcessGroup
@@ -85,8 +87,32 @@ async def produce(settings: Settings, windows: list[dict[str, list[dict]]]) -> N
         await asyncio.gather(*futures)
 
 
+async def collect_channel(settings: Settings, channel: str, into: list[bytes], ready: asyncio.Event) -> None:
+    """Every message on a Redis pub/sub channel, until cancelled."""
+    r = redis_client(settings)
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(channel)
+    ready.set()
+    try:
+        while True:
+            message = await pubsub.get_message(timeout=0.2)
+            if message is not None:
+                data = message["data"]
+                into.append(data.encode() if isinstance(data, str) else data)
+    finally:
+        await pubsub.aclose()
+        await r.aclose()
+
+
 async def test_partition_records_give_the_same_state_aggregates_and_alerts(mode_settings, mode_workers) -> None:
     tag = f"pm{uuid.uuid4().hex[:6]}"
+    published: dict[str, list[bytes]] = {mode: [] for mode in mode_settings}
+    collectors = []
+    for mode, settings in mode_settings.items():
+        ready = asyncio.Event()
+        channel = redis_names(settings).channel_aggregates
+        collectors.append(asyncio.create_task(collect_channel(settings, channel, published[mode], ready)))
+        await asyncio.wait_for(ready.wait(), 10)
     # readings a few seconds ahead: the wall clock closes a window 1 s after its end, so a worker slowed
     # down (shared cores) still applies every reading before its window closes, in both modes
     windows = workload(tag, now_ms() + 4000)
@@ -126,10 +152,21 @@ async def test_partition_records_give_the_same_state_aggregates_and_alerts(mode_
                 "alerts": sorted((a["alert_id"], a["rule"], a["state"]) for d in devices for a in watch.alerts(d)),
             }
             await r.aclose()
+        for mode in mode_settings:  # the aggregates channel: the same aggregates as the topic
+            ours = [m for m in published[mode] if tag.encode() in m]
+            on_channel = [a for m in ours for a in channel_aggregates(orjson.loads(m)) if a["device_id"] in devices]
+            results[mode]["channel"] = sorted(orjson.dumps(a, option=orjson.OPT_SORT_KEYS) for a in on_channel)
+            results[mode]["channel_messages"] = len(ours)
     finally:
+        for task in collectors:
+            task.cancel()
+        await asyncio.gather(*collectors, return_exceptions=True)
         for w in watchers.values():
             await w.__aexit__(None, None, None)
     device, partition = results["device"], results["partition"]
+    assert device["channel"] == device["aggregates"] and partition["channel"] == partition["aggregates"]
+    assert device["channel_messages"] == len(device["aggregates"])  # device mode: one message per aggregate
+    assert partition["channel_messages"] < len(partition["aggregates"]) / 2, partition["channel_messages"]
     assert device["state"] == partition["state"]
     assert device["aggregates"] == partition["aggregates"]
     assert device["alerts"] == partition["alerts"]
