@@ -186,8 +186,9 @@ class WindowAggregate(BaseModel):
 
 class AggregateBatch(BaseModel):
     """A message on the Redis aggregates channel in partition mode: the aggregates of one stream flush (up to
-    1,000 per message). Every device's 10 s windows close within the same second, so one message per
-    aggregate was a burst of ~25,000 pub/sub messages every 10 s at 5,000 devices (docs/performance.md)."""
+    1,000 per message; a flush with a single aggregate publishes it alone, as device mode does). Every
+    device's 10 s windows close within the same second, so one message per aggregate was a burst of ~25,000
+    pub/sub messages every 10 s at 5,000 devices (docs/performance.md)."""
 
     v: Literal[1] = SCHEMA_VERSION
     aggregates: list[WindowAggregate]
