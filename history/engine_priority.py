@@ -4,8 +4,10 @@ Why: with embedded chDB the history engine runs inside the API process, and its 
 merges come in bursts of more than a core (the sink writes a block every ``IOTP_SINK_BATCH_SECONDS``), on
 the same two cores as the gateway and the stream worker. In the load test's per-second CPU timeline the
 seconds in which the API burst to 35-58 % of a core were the seconds in which readings waited longest
-before the gateway even read them (docs/performance.md). History may be a few seconds behind; the live
-path may not.
+before the gateway even read them (docs/performance.md). For an operator who wants the live path first and
+can let history fall a few seconds behind. Off by default (``IOTP_HISTORY_ENGINE_NICE=0``): at 5,000 msgs/s
+nice 10 about halved the sensor -> gateway p99 but did not move the end-to-end p99, and added 0.4-1.5 s to
+the sensor -> ClickHouse p99.
 
 Only the engine's native threads are reniced. ClickHouse names each of its threads (``MergeMutate``,
 ``ThreadPool``, ``QueryPipelineEx``, ...); Python threads keep the interpreter's name, so they are left
