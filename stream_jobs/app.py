@@ -404,14 +404,14 @@ class StreamJob:
             produce_keyed(producer, s.topic_aggregates, aggregates), produce_keyed(producer, s.topic_alerts, alerts)
         )
         encoded = [value for _, value in aggregates]
-        if snapshot is None:
-            # nothing here moves the snapshot, so nothing is acked by it: Kafka and Redis at the same time
-            await asyncio.gather(kafka, self.writer.write(fx, None, now_ms(), encoded))
-        else:
+        # The live effects (latest state, pub/sub, open alerts) move no snapshot and ack nothing: Kafka and
+        # Redis at the same time, so the readings never wait for the broker's acks (nor for the bytes of a
+        # snapshot in the same transaction).
+        await asyncio.gather(kafka, self.writer.write(fx, None, now_ms(), encoded))
+        if snapshot is not None:
             # at-least-once: the outputs of this flush and of every earlier one (written in order) are on the
             # broker before the snapshot that lets their records be acked
-            await kafka
-            await self.writer.write(fx, snapshot, now_ms(), encoded)
+            await self.writer.write_snapshot(snapshot)
         c["stream.aggregates"] += len(fx.aggregates)
         c["stream.alerts"] += len(fx.alerts)
 

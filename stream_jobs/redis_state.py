@@ -167,10 +167,19 @@ class RedisWriter:
                 pipe.hset(names.device_key(device_id), "status", "offline")
             for device_id, count in fx.alert_counts.items():
                 pipe.hset(names.device_key(device_id), "open_alerts", count)
-            for partition, mapping in (snapshot or {}).items():
-                if mapping:
-                    pipe.hset(self.snapshot_key(partition), mapping=mapping)
+            self._add_snapshot(pipe, snapshot)
             await pipe.execute()
+
+    async def write_snapshot(self, snapshot: dict[int, dict]) -> None:
+        """A snapshot on its own, in one MULTI/EXEC (after the flush's Kafka outputs are acknowledged)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self._add_snapshot(pipe, snapshot)
+            await pipe.execute()
+
+    def _add_snapshot(self, pipe: aioredis.client.Pipeline, snapshot: dict[int, dict] | None) -> None:
+        for partition, mapping in (snapshot or {}).items():
+            if mapping:
+                pipe.hset(self.snapshot_key(partition), mapping=mapping)
 
     def encode_snapshot(self, engine: Engine, dirty: dict[int, set[str]], partitions: set[int]) -> dict[int, dict]:
         """The snapshot fields of the ``dirty`` devices and of every partition in ``dirty`` or ``partitions``
