@@ -224,13 +224,24 @@ class ClickHouseSink:
             return
         blocks = form_blocks(tps, self._buffers, self.targets, self._plans)
         new_plans = [b.plan for b in blocks if b.plan is not None]
+        # Every await below gives a rebalance the chance to run its listener, which drops or reloads these
+        # partitions' buffers and moves their positions (``_epoch``): the rest of this flush then belongs to
+        # positions that no longer hold. Stop there; nothing is committed, Kafka returns the records from the
+        # new positions, and what was already written carries its plan's token (dropped when replayed).
+        epoch = self._epoch
         if new_plans:
             db, group = self.database, self.settings.sink_group
             await self._retrying("writing sink plans", lambda: write_plans(self.client, db, group, new_plans))
+            if self._epoch != epoch:
+                log.info("rebalance while writing the sink plans: flush abandoned, records re-read")
+                return
         dead = [(r, r.reason) for tp in tps for r in self._buffers[tp].records if r.reason is not None]
         for block in blocks:
             if not block.records:
                 continue
+            if self._epoch != epoch:
+                log.info("rebalance during a flush: the rest abandoned, records re-read")
+                return
             attempts = 0
 
             def write(block: Block = block) -> list[tuple[Record, str]]:
@@ -242,8 +253,11 @@ class ClickHouseSink:
             dead.extend(
                 await self._retrying(f"insert of {len(block.records)} records into {block.target.table}", write)
             )
-        if dead:
+        if dead and self._epoch == epoch:
             await self._dead_letter(dead)
+        if self._epoch != epoch:  # during the last insert or the dead letters
+            log.info("rebalance during a flush: written, not committed; records re-read")
+            return
         offsets = {tp: self._buffers[tp].last + 1 for tp in tps}
         rows = sum(len(r.rows) for b in blocks for r in b.records) - sum(len(r.rows) for r, _ in dead)
         for tp in tps:

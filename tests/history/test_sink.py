@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from history.migrations import migrate
-from history.sink import ClickHouseSink
+from history.sink import ClickHouseSink, _Rebalance
 from iotp.kafka import make_consumer, make_producer
 from iotp.schema import Alert, WindowAggregate, encode_batch, now_ms
 from iotp.topics import RedisNames
@@ -337,4 +337,48 @@ async def test_plan_of_another_topic_incarnation_is_discarded_not_replayed(sink_
         await wait_rows(ch_client, db, landed + 2 * 4 * 3, timeout=60)
         assert second.reset_discarded >= 1
     finally:
+        await stop_sink(stop, task)
+
+
+class PlanWriteHeld:
+    """Wraps a client: the first write of the sink's plans waits until the test sets ``release``."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def insert(self, table, *args, **kw):
+        if table.endswith(".sink_plans") and not self.entered.is_set():
+            self.entered.set()
+            self.release.wait(30)
+        return self._client.insert(table, *args, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+async def test_a_rebalance_while_the_sink_writes_its_plans_abandons_the_flush_and_loses_nothing(
+    sink_settings, ch_client
+):
+    """A rebalance runs its listener while a flush awaits ClickHouse (here: the plans write): the buffers that
+    flush formed its blocks from are dropped and the positions move. The flush used to go on and die on the
+    missing buffers (KeyError: the sink task ended; seen in CI when a restarted sink's group rebalanced)."""
+    s, db = sink_settings, sink_settings.clickhouse_database
+    await produce(s, s.topic_readings, reading_records(devices=8, readings=30, tag="b"))
+    held = PlanWriteHeld(ch_client)
+    sink = ClickHouseSink(s, held)
+    stop, task = await start_sink(sink)
+    try:
+        await async_wait_for(lambda: _true(held.entered.is_set()), timeout=30, message="a flush writing its plans")
+        assigned = set(sink.consumer.assignment())
+        listener = _Rebalance(sink)  # what aiokafka calls for a rebalance that gives back the same partitions
+        await listener.on_partitions_revoked(assigned)
+        await sink.consumer.seek_to_beginning(*assigned)  # nothing was committed: where the new owner starts
+        await listener.on_partitions_assigned(assigned)
+        held.release.set()
+        await wait_rows(ch_client, db, 8 * 30 * 3, timeout=60)
+        assert not task.done()
+    finally:
+        held.release.set()
         await stop_sink(stop, task)
