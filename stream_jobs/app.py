@@ -5,10 +5,10 @@ Records on the readings topic are device batches, or partition batches of many (
 agent takes them in batches (``stream.take_events``, ``Settings.stream_take`` records) and hands every
 reading to plain Python (:mod:`stream_jobs.engine`: dedup, windows, detectors). Per flush it then
 
-1. produces the closed windows and alert events to Kafka and waits for the broker's acks,
-2. writes Redis in one MULTI/EXEC (latest state, pub/sub, open alerts, and -- at most every
-   ``stream_snapshot_interval_s`` -- the snapshot of the device states changed since the last one together
-   with the partitions' next offsets),
+1. produces the closed windows and alert events to Kafka and waits for the broker's acks, and at the same
+   time writes the live effects to Redis in one MULTI/EXEC (latest state, pub/sub, open alerts),
+2. then -- at most every ``stream_snapshot_interval_s`` -- writes in a second MULTI/EXEC the snapshot of the
+   device states changed since the last one together with the partitions' next offsets,
 3. and only then acks the records, and only those a written snapshot covers: Faust's own ack after the loop
    body is held back (one extra reference per message) until then.
 
@@ -407,7 +407,7 @@ class StreamJob:
         # The live effects (latest state, pub/sub, open alerts) move no snapshot and ack nothing: Kafka and
         # Redis at the same time, so the readings never wait for the broker's acks (nor for the bytes of a
         # snapshot in the same transaction).
-        await asyncio.gather(kafka, self.writer.write(fx, None, now_ms(), encoded))
+        await asyncio.gather(kafka, self.writer.write(fx, now_ms(), encoded))
         if snapshot is not None:
             # at-least-once: the outputs of this flush and of every earlier one (written in order) are on the
             # broker before the snapshot that lets their records be acked

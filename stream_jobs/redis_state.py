@@ -1,4 +1,5 @@
-"""Everything the stream job writes to Redis, in one transaction per flush.
+"""Everything the stream job writes to Redis: per flush one transaction of live effects and, when the
+flush carries one, a second with the snapshot.
 
 * One hash per device (``<prefix>:device:<id>``) and a fleet index (sorted set device id -> last ts).
   A Lua script compares the reading's order ``(ts, key)`` with the stored one inside Redis, so an older or
@@ -11,8 +12,9 @@
 * The stream job's own snapshot: one hash per readings partition, ``__offset__`` and ``__mark__`` (the
   offset with the fingerprint of the record below it, :mod:`iotp.kafka_marks`) + device id -> state.
 
-All of one flush goes in a MULTI/EXEC, so the snapshot and its offset never disagree with the effects
-they describe.
+A snapshot's device states and offsets go in one MULTI/EXEC, so they never disagree with each other. The
+live effects go in their own, at the same time as the flush's Kafka outputs; the snapshot follows once those
+are acknowledged (at-least-once: it is what lets the records be acked).
 """
 
 from __future__ import annotations
@@ -135,10 +137,8 @@ class RedisWriter:
     async def load(self, partition: int) -> dict[bytes, bytes]:
         return cast(dict[bytes, bytes], await self.redis.hgetall(self.snapshot_key(partition)))  # bytes client
 
-    async def write(
-        self, fx: Effects, snapshot: dict[int, dict] | None, now_ms: int, aggregates: list[bytes] | None = None
-    ) -> None:
-        """One flush in one MULTI/EXEC: the effects, and ``snapshot`` (from :meth:`encode_snapshot`) if given.
+    async def write(self, fx: Effects, now_ms: int, aggregates: list[bytes] | None = None) -> None:
+        """A flush's live effects in one MULTI/EXEC (its snapshot goes separately, :meth:`write_snapshot`).
         ``aggregates``: ``fx.aggregates`` already encoded (the Kafka send encoded them), else encoded here."""
         names = self.names
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -167,19 +167,16 @@ class RedisWriter:
                 pipe.hset(names.device_key(device_id), "status", "offline")
             for device_id, count in fx.alert_counts.items():
                 pipe.hset(names.device_key(device_id), "open_alerts", count)
-            self._add_snapshot(pipe, snapshot)
             await pipe.execute()
 
     async def write_snapshot(self, snapshot: dict[int, dict]) -> None:
-        """A snapshot on its own, in one MULTI/EXEC (after the flush's Kafka outputs are acknowledged)."""
+        """A snapshot (from :meth:`encode_snapshot`) in one MULTI/EXEC, after the flush's Kafka outputs are
+        acknowledged."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            self._add_snapshot(pipe, snapshot)
+            for partition, mapping in snapshot.items():
+                if mapping:
+                    pipe.hset(self.snapshot_key(partition), mapping=mapping)
             await pipe.execute()
-
-    def _add_snapshot(self, pipe: aioredis.client.Pipeline, snapshot: dict[int, dict] | None) -> None:
-        for partition, mapping in (snapshot or {}).items():
-            if mapping:
-                pipe.hset(self.snapshot_key(partition), mapping=mapping)
 
     def encode_snapshot(self, engine: Engine, dirty: dict[int, set[str]], partitions: set[int]) -> dict[int, dict]:
         """The snapshot fields of the ``dirty`` devices and of every partition in ``dirty`` or ``partitions``

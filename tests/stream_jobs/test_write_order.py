@@ -50,8 +50,8 @@ class RecordingWriter:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    async def write(self, fx: Effects, snapshot: dict | None, now_ms: int, aggregates: list | None = None) -> None:
-        self.calls.append("live" if snapshot is None else "live+snapshot")
+    async def write(self, fx: Effects, now_ms: int, aggregates: list | None = None) -> None:
+        self.calls.append("live")
 
     async def write_snapshot(self, snapshot: dict) -> None:
         self.calls.append("snapshot")
