@@ -110,11 +110,10 @@ class Flusher:
         now = self._clock()
         pending = set(self.dirty) | self.advanced
         part = self._partition_of
+        if part is not None:
+            pending |= {part(item) for item in self.held}
         if part is None or force or self.interval_s <= 0:
-            if force or now - self.last_snapshot >= self.interval_s:
-                return pending | ({part(item) for item in self.held} if part is not None else set())
-            return None
-        pending |= {part(item) for item in self.held}
+            return pending if force or now - self.last_snapshot >= self.interval_s else None
         for partition in pending:
             self._last_by_partition.setdefault(partition, self.last_snapshot)
         if now < self._next_slot:
