@@ -338,8 +338,14 @@ def main() -> None:
                 for mqtt in args.mqtt_variants.split(",")
                 for gcv in args.gc_variants.split(",")
             ]
+            if args.paced:  # the gateway's CPU per message at a paced rate, instead of its drain rates
+                gateway_variants = []
+            else:
+                paced_variants = []
+            if args.only == "simulator":
+                gateway_variants = []
             for _ in range(args.rounds):
-                for mode, mqtt, gcv in paced_variants if args.paced else []:
+                for mode, mqtt, gcv in paced_variants:
                     update = {"kafka_record_mode": mode, **MQTT_VARIANTS[mqtt], **GC_VARIANTS[gcv]}
                     row = bench_gateway_cpu(
                         base.model_copy(update=update), tmp, args.paced, args.paced_seconds, args.paced_devices
@@ -349,9 +355,7 @@ def main() -> None:
                     )
                     rows.append(row)
                     console.print(rows[-1])
-                for batch, n, mode, mqtt in [] if args.paced else gateway_variants:
-                    if args.only == "simulator":
-                        break
+                for batch, n, mode, mqtt in gateway_variants:
                     update = {"kafka_record_mode": mode, **MQTT_VARIANTS[mqtt]}
                     row = bench_gateways(base.model_copy(update=update), tmp, n, args.readings, batch)
                     row["mqtt"] = mqtt
