@@ -26,7 +26,7 @@ from dashboard_api.live import StatsSampler, run_publisher
 from dashboard_api.metrics import ApiMetrics, RequestMetrics
 from dashboard_api.routes import alerts, analytics, devices, health, pipeline, profiles, session, ws
 from history.client import get_client
-from history.engine_priority import keep_engine_niced
+from history.engine_priority import start_keeping_engine_niced
 from history.migrations import migrate
 from history.sink import ClickHouseSink
 from iotp.settings import Settings, get_settings
@@ -69,8 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ]
         stop = asyncio.Event()
         app.state.sink = None
-        if settings.clickhouse_embedded and settings.history_engine_nice:
-            tasks.append(asyncio.create_task(keep_engine_niced(settings.history_engine_nice), name="engine-nice"))
+        niced = start_keeping_engine_niced(settings)
+        if niced is not None:
+            tasks.append(niced)
         if settings.api_embedded_sink:
             app.state.sink = ClickHouseSink(settings, app.state.clickhouse, redis=app.state.redis)
             tasks.append(asyncio.create_task(app.state.sink.run(stop), name="sink"))

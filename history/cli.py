@@ -20,6 +20,7 @@ def sink(
     from prometheus_client import REGISTRY
 
     from history.client import get_client
+    from history.engine_priority import start_keeping_engine_niced
     from history.metrics import SinkCollector
     from history.migrations import migrate
     from history.sink import ClickHouseSink
@@ -55,10 +56,7 @@ def sink(
             if port:
                 REGISTRY.register(SinkCollector(lambda: sink))
                 serve_metrics(port, settings.metrics_host, logging.getLogger("iotp.sink"))
-            if settings.clickhouse_embedded and settings.history_engine_nice:
-                from history.engine_priority import keep_engine_niced
-
-                niced = asyncio.create_task(keep_engine_niced(settings.history_engine_nice))
+            niced = start_keeping_engine_niced(settings)
             await sink.run(stop)
         finally:
             if niced is not None:

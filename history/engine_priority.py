@@ -24,6 +24,8 @@ import logging
 import os
 from pathlib import Path
 
+from iotp.settings import Settings
+
 log = logging.getLogger("iotp.history.engine_priority")
 
 
@@ -73,3 +75,11 @@ async def keep_engine_niced(nice: int, interval_s: float = 2.0) -> None:
         if changed:
             log.debug("reniced %d embedded ClickHouse threads to %d", changed, nice)
         await asyncio.sleep(interval_s)
+
+
+def start_keeping_engine_niced(settings: Settings) -> asyncio.Task[None] | None:
+    """The :func:`keep_engine_niced` task for this process if the settings ask for it (embedded ClickHouse and
+    ``history_engine_nice`` > 0), else None. The caller cancels it when it stops."""
+    if not (settings.clickhouse_embedded and settings.history_engine_nice):
+        return None
+    return asyncio.create_task(keep_engine_niced(settings.history_engine_nice), name="engine-nice")
