@@ -232,15 +232,13 @@ class ClickHouseSink:
         if new_plans:
             db, group = self.database, self.settings.sink_group
             await self._retrying("writing sink plans", lambda: write_plans(self.client, db, group, new_plans))
-            if self._epoch != epoch:
-                log.info("rebalance while writing the sink plans: flush abandoned, records re-read")
+            if self._moved_since(epoch, "while the plans were written"):
                 return
         dead = [(r, r.reason) for tp in tps for r in self._buffers[tp].records if r.reason is not None]
         for block in blocks:
             if not block.records:
                 continue
-            if self._epoch != epoch:
-                log.info("rebalance during a flush: the rest abandoned, records re-read")
+            if self._moved_since(epoch, "during an insert"):
                 return
             attempts = 0
 
@@ -253,11 +251,12 @@ class ClickHouseSink:
             dead.extend(
                 await self._retrying(f"insert of {len(block.records)} records into {block.target.table}", write)
             )
-        if dead and self._epoch == epoch:
-            await self._dead_letter(dead)
-        if self._epoch != epoch:  # during the last insert or the dead letters
-            log.info("rebalance during a flush: written, not committed; records re-read")
+        if self._moved_since(epoch, "during the inserts"):
             return
+        if dead:
+            await self._dead_letter(dead)
+            if self._moved_since(epoch, "while dead-lettering"):
+                return
         offsets = {tp: self._buffers[tp].last + 1 for tp in tps}
         rows = sum(len(r.rows) for b in blocks for r in b.records) - sum(len(r.rows) for r, _ in dead)
         for tp in tps:
@@ -295,6 +294,14 @@ class ClickHouseSink:
         )
         self.batches_written += 1
         log.debug("committed")
+
+    def _moved_since(self, epoch: int, when: str) -> bool:
+        """Did a rebalance (or a rewind) move the positions since ``epoch``? Then the rest of the flush belongs
+        to positions that no longer hold: it is abandoned, nothing committed."""
+        if self._epoch == epoch:
+            return False
+        log.info("partitions moved %s: the rest of the flush abandoned, its records are read again", when)
+        return True
 
     async def _dead_letter(self, dead: list[tuple[Record, str]]) -> None:
         futures = []
