@@ -360,6 +360,7 @@ class Gateway:
             manual_ack=True,
             max_inflight=min(self.max_inflight, 65535),
             protocol=self.settings.gateway_mqtt_protocol,
+            buffered=self.settings.gateway_mqtt_buffered,
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

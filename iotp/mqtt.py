@@ -8,6 +8,7 @@ import uuid
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from iotp.paho_buffered import BufferedClient
 from iotp.settings import Settings
 
 
@@ -19,11 +20,14 @@ def make_client(
     manual_ack: bool = False,
     max_inflight: int = 1000,
     protocol: str = "5",
+    buffered: bool = False,
 ) -> mqtt.Client:
     """``protocol`` "5" (default) or "3.1.1"; with 3.1.1 ``clean_start=False`` becomes a persistent session
-    (``clean_session=False``), the only kind 3.1.1 has."""
+    (``clean_session=False``), the only kind 3.1.1 has. ``buffered``: a
+    :class:`iotp.paho_buffered.BufferedClient`, only for clients driven by :class:`iotp.mqtt_asyncio.AsyncioMqtt`."""
     v5 = protocol == "5"
-    client = mqtt.Client(
+    client_class = BufferedClient if buffered else mqtt.Client
+    client = client_class(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id or f"iotp-{uuid.uuid4().hex[:12]}",
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,

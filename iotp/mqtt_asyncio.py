@@ -3,7 +3,9 @@
 paho's documented external-loop integration (``socket()``, ``loop_read``/``loop_write``/``loop_misc``
 driven by ``add_reader``/``add_writer``). One thread does everything, so a high-rate consumer pays no GIL
 hand-off between paho's thread and the event loop for every small ``recv``, and backpressure is simply
-:meth:`pause_reading`: the socket is not read, TCP fills, and the broker holds the backlog.
+:meth:`pause_reading`: the socket is not read, TCP fills, and the broker holds the backlog. With a
+:class:`iotp.paho_buffered.BufferedClient` the packets it already read into its buffer are handled too:
+after each read while reading is not paused, and on :meth:`resume_reading`.
 
 paho does not reconnect by itself in this mode; :class:`AsyncioMqtt` reconnects with exponential backoff
 when the connection drops (unless it was closed on purpose).
@@ -77,7 +79,12 @@ class AsyncioMqtt:
         self.loop.remove_writer(sock)
 
     def _readable(self) -> None:
-        self.client.loop_read()
+        client = self.client
+        client.loop_read()
+        # A BufferedClient may hold more packets than the one just read: the socket will not turn
+        # readable for them, so read them now (unless a callback paused reading meanwhile).
+        while not self._paused and self._sock is not None and getattr(client, "buffered", False):
+            client.loop_read()
 
     async def _misc_loop(self) -> None:
         while self._sock is not None:
@@ -123,6 +130,12 @@ class AsyncioMqtt:
             self._paused = False
             if self._sock is not None:
                 self.loop.add_reader(self._sock, self._readable)
+                if getattr(self.client, "buffered", False):  # packets read before the pause
+                    self.loop.call_soon(self._readable_if_open)
+
+    def _readable_if_open(self) -> None:
+        if not self._paused and self._sock is not None:
+            self._readable()
 
     @property
     def paused(self) -> bool:

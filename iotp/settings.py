@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         "session (clean_session=false) without expiry and without takeover detection, and no MQTT 5 "
         "property decoding per message (measured in docs/performance.md)",
     )
+    gateway_mqtt_buffered: bool = Field(
+        True,
+        description="Read the gateway's MQTT socket in 256 KiB chunks and send each burst of PUBACKs in one write "
+        "(iotp.paho_buffered) instead of paho's 3+ recv calls per packet and one send per ack",
+    )
     mqtt_shared_property_tables: bool = Field(
         True,
         description="MQTT 5: decode incoming PUBLISH properties with lookup tables built once "
