@@ -125,3 +125,21 @@ async def test_a_burst_of_pubacks_goes_out_in_one_write_and_the_broker_takes_eve
     finally:
         await again.stop()
     assert again.received == [b"sentinel"]
+
+
+async def test_per_topic_callbacks_still_get_their_messages_and_the_rest_go_to_on_message(
+    isolated_settings: Settings,
+) -> None:
+    base = f"{isolated_settings.mqtt_topic_prefix}/filtered"
+    sub = Subscriber(isolated_settings, f"{base}/#", f"flt-{uuid.uuid4().hex[:8]}")
+    filtered: list[bytes] = []
+    sub.client.message_callback_add(f"{base}/7", lambda c, u, msg: filtered.append(msg.payload))
+    await sub.start()
+    items = _items(isolated_settings, base, 200, "c")
+    await asyncio.to_thread(publish_payloads, isolated_settings, items)
+    try:
+        await _until(lambda: len(sub.received) + len(filtered) >= len(items), 30, f"{len(items)} messages")
+    finally:
+        await sub.stop()
+    assert filtered == [payload for topic, payload in items if topic.endswith("/7")]
+    assert sub.received == [payload for topic, payload in items if not topic.endswith("/7")]
