@@ -51,8 +51,13 @@ from iotp.settings import Settings  # noqa: E402
 
 console = Console()
 MQTT_VARIANTS = {  # the gateway's MQTT path (settings overrides)
-    "v5": {"gateway_mqtt_protocol": "5", "mqtt_shared_property_tables": True},
-    "v5-stock": {"gateway_mqtt_protocol": "5", "mqtt_shared_property_tables": False},
+    "v5": {"gateway_mqtt_protocol": "5", "mqtt_shared_property_tables": True, "gateway_mqtt_buffered": True},
+    "v5-unbuffered": {
+        "gateway_mqtt_protocol": "5",
+        "mqtt_shared_property_tables": True,
+        "gateway_mqtt_buffered": False,
+    },
+    "v5-stock": {"gateway_mqtt_protocol": "5", "mqtt_shared_property_tables": False, "gateway_mqtt_buffered": False},
     "v311": {"gateway_mqtt_protocol": "3.1.1"},
 }
 
@@ -284,8 +289,9 @@ def main() -> None:
     parser.add_argument(
         "--mqtt-variants",
         default="v5",
-        help="the gateway's MQTT path, interleaved: v5 (MQTT 5, shared property tables: the default), v5-stock "
-        "(MQTT 5, paho's per-message property tables), v311 (MQTT 3.1.1)",
+        help="the gateway's MQTT path, interleaved: v5 (MQTT 5, shared property tables, buffered client: the "
+        "default), v5-unbuffered (paho's own socket reads, writes and dispatch), v5-stock (also paho's "
+        "per-message property tables), v311 (MQTT 3.1.1)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="repeat the gateway variants (interleaved)")
     parser.add_argument(
