@@ -27,6 +27,7 @@ All three go through paho's private ``_sock_recv`` / ``_out_packet`` / ``_handle
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt
@@ -52,13 +53,17 @@ class BufferedClient(mqtt.Client):
         self._rbuf = b""
         self._rpos = 0
         self._rsock: object = None
+        self._pending: Callable[[], int] | None = None
         self.socket_reads = 0  # recv calls on the socket itself (not paho's reads from the buffer)
         self.socket_writes = 0  # send calls on the socket itself
 
     @property
     def buffered(self) -> bool:
-        """Whether bytes read from the current socket still wait in the buffer."""
-        return self._rsock is self._sock and self._rpos < len(self._rbuf)
+        """Whether bytes read from the current socket still wait: in this buffer, or (TLS) decrypted in
+        OpenSSL's, which does not make the socket readable either."""
+        if self._rsock is not self._sock:
+            return False
+        return self._rpos < len(self._rbuf) or (self._pending is not None and self._pending() > 0)
 
     def _sock_recv(self, bufsize: int) -> bytes:
         if not self._active:
@@ -66,6 +71,7 @@ class BufferedClient(mqtt.Client):
             return super()._sock_recv(bufsize)
         if self._rsock is not self._sock:  # a new connection (or none): drop what the old one left
             self._rbuf, self._rpos, self._rsock = b"", 0, self._sock
+            self._pending = getattr(self._sock, "pending", None)  # ssl.SSLSocket.pending
         if self._rpos >= len(self._rbuf):
             self.socket_reads += 1
             data = super()._sock_recv(max(bufsize, READ_CHUNK))
