@@ -63,6 +63,7 @@ def job(producer: HeldProducer, writer: RecordingWriter) -> SimpleNamespace:
         app=SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: producer)),
         settings=Settings(),
         writer=writer,
+        combine_aggregates=None,
     )
 
 
