@@ -27,7 +27,7 @@ from collections.abc import Hashable, Iterable
 import orjson
 import redis.asyncio as aioredis
 
-from iotp.schema import aggregate_items, device_batches, now_ms
+from iotp.schema import channel_aggregates, device_batches, now_ms
 
 log = logging.getLogger("iotp.api.hub")
 
@@ -195,7 +195,7 @@ class Hub:
             return
         if channel == "aggregates" and isinstance(payload, dict) and "aggregates" in payload:
             # partition mode: one message per flush carries many aggregates; one frame per aggregate, as before
-            for aggregate in aggregate_items(payload):
+            for aggregate in channel_aggregates(payload):
                 if isinstance(aggregate, dict):
                     self._offer(channel, aggregate, None)
             return

@@ -14,7 +14,7 @@ import orjson
 from pydantic import ValidationError
 
 from history.columns import AGGREGATE_FIELDS, ALERT_FIELDS
-from iotp.schema import NO_SEQ, AggregateBatch, Alert, WindowAggregate, device_batches, reading_key
+from iotp.schema import NO_SEQ, Alert, WindowAggregate, device_batches, reading_key
 
 MAX_TS_MS = 10_000_000_000_000  # year 2286, inside DateTime64(3)'s range
 
@@ -80,33 +80,17 @@ _AGG_FLOATS = [(name, AGGREGATE_FIELDS.index(name)) for name in ("min", "max", "
 
 
 def decode_aggregate(raw: bytes | None) -> list[tuple]:
-    """A :class:`iotp.schema.WindowAggregate`, or (partition mode) an :class:`iotp.schema.AggregateBatch` of
-    many -> rows of ``window_aggregates``. A batch is stored or rejected as a whole, like a readings record."""
-    batch_error: ValidationError | None = None
-    if raw and b'"aggregates"' in raw:  # never a key of a single aggregate (a value may contain it: then below)
-        try:
-            batch = AggregateBatch.model_validate_json(raw)
-        except ValidationError as exc:
-            batch_error = exc
-        else:
-            return [_aggregate_checked(a) for a in batch.aggregates]
     try:
-        single = WindowAggregate.model_validate_json(raw or b"")
+        a = WindowAggregate.model_validate_json(raw or b"")
     except ValidationError as exc:
-        what, error = ("an AggregateBatch", batch_error) if batch_error is not None else ("a WindowAggregate", exc)
-        first = error.errors()[0]
-        raise Rejected(f"not {what}: {first.get('msg')} at {first.get('loc')}") from None
-    return [_aggregate_checked(single)]
-
-
-def _aggregate_checked(a: WindowAggregate) -> tuple:
+        raise Rejected(f"not a WindowAggregate: {exc.errors()[0].get('msg')} at {exc.errors()[0].get('loc')}") from None
     row = _aggregate_row(a)
     for name, i in _AGG_TS:
         _int(row[i], name, 0, MAX_TS_MS)
     for name, i in _AGG_FLOATS:
         if not math.isfinite(row[i]):
             raise Rejected(f"{name} is not finite")
-    return row
+    return [row]
 
 
 def decode_alert(raw: bytes | None) -> list[tuple]:

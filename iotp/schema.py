@@ -166,8 +166,8 @@ def device_batches(value: object) -> list:
 
 
 class WindowAggregate(BaseModel):
-    """Value of a record on the aggregates topic (key = device id; in partition mode inside an
-    :class:`AggregateBatch`): one closed tumbling window of one device x metric."""
+    """Value of a record on the aggregates topic (key = device id): one closed tumbling window of one
+    device x metric."""
 
     v: Literal[1] = SCHEMA_VERSION
     device_id: str
@@ -185,22 +185,13 @@ class WindowAggregate(BaseModel):
 
 
 class AggregateBatch(BaseModel):
-    """Partition mode: many aggregates of one stream flush in one message, up to :data:`AGGREGATES_PER_BATCH`.
-
-    * On the Redis aggregates channel. A flush with a single aggregate publishes it alone, as device mode
-      does.
-    * On the aggregates topic, as every record: the aggregates of one partition (no key; the partition is
-      the one their device ids give under the default partitioner, so per-device order is unchanged).
-
-    Every device's 10 s windows close within the same second. One message per aggregate was therefore a
-    burst of ~25,000 pub/sub messages and as many Kafka records every 10 s at 5,000 devices
-    (docs/performance.md)."""
+    """A message on the Redis aggregates channel in partition mode: the aggregates of one stream flush (up to
+    1,000 per message; a flush with a single aggregate publishes it alone, as device mode does). Every
+    device's 10 s windows close within the same second, so one message per aggregate was a burst of ~25,000
+    pub/sub messages every 10 s at 5,000 devices (docs/performance.md)."""
 
     v: Literal[1] = SCHEMA_VERSION
     aggregates: list[WindowAggregate]
-
-
-AGGREGATES_PER_BATCH = 1000  # ~300 kB: inside Kafka's 1 MB message limit, and one Redis message stays small
 
 
 def encode_aggregate_batch(encoded_aggregates: list[bytes]) -> bytes:
@@ -208,9 +199,9 @@ def encode_aggregate_batch(encoded_aggregates: list[bytes]) -> bytes:
     return b'{"v":1,"aggregates":[' + b",".join(encoded_aggregates) + b"]}"
 
 
-def aggregate_items(value: object) -> list:
-    """The aggregates inside a decoded aggregates-channel message or aggregates-topic record: the list of an
-    :class:`AggregateBatch`, or ``[value]`` for a single aggregate (device mode)."""
+def channel_aggregates(value: object) -> list:
+    """The aggregates inside a decoded aggregates-channel message: the list of an :class:`AggregateBatch`,
+    or ``[value]`` for a single aggregate (device mode)."""
     if isinstance(value, dict) and "aggregates" in value and "window_s" not in value:
         items = value["aggregates"]
         return items if isinstance(items, list) else [items]

@@ -38,7 +38,7 @@ from iotp import stats
 from iotp.kafka_marks import check_marks
 from iotp.profile_store import ProfileWatcher, settings_fallback
 from iotp.retry import Backoff, retry_forever
-from iotp.schema import encode_aggregate_batch, now_ms
+from iotp.schema import now_ms
 from iotp.settings import Settings, get_settings
 from iotp.topics import redis_names
 from stream_jobs.detectors import load_rules
@@ -90,8 +90,6 @@ class StreamJob:
             self.topic,
             batch_aggregates=settings.kafka_record_mode == "partition",
         )
-        # partition mode: the aggregates topic carries AggregateBatch records, one per partition per flush
-        self.combine_aggregates = encode_aggregate_batch if settings.kafka_record_mode == "partition" else None
         self.flusher = Flusher(
             self._write_flush,
             lambda dirty, partitions: self.writer.encode_snapshot(self.engine, dirty, partitions),
@@ -403,8 +401,7 @@ class StreamJob:
                 alert["value"],
             )
         kafka = asyncio.gather(
-            produce_keyed(producer, s.topic_aggregates, aggregates, combine=self.combine_aggregates),
-            produce_keyed(producer, s.topic_alerts, alerts),
+            produce_keyed(producer, s.topic_aggregates, aggregates), produce_keyed(producer, s.topic_alerts, alerts)
         )
         encoded = [value for _, value in aggregates]
         # The live effects (latest state, pub/sub, open alerts) move no snapshot and ack nothing: Kafka and

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from iotp import stats
-from iotp.schema import AGGREGATES_PER_BATCH, encode_aggregate_batch, key_of, order_of
+from iotp.schema import encode_aggregate_batch, key_of, order_of
 from iotp.topics import RedisNames
 from stream_jobs.engine import Effects, Engine
 
@@ -122,8 +122,7 @@ class RedisWriter:
         self, client: aioredis.Redis, names: RedisNames, app_id: str, topic: str, *, batch_aggregates: bool = False
     ) -> None:
         """``batch_aggregates`` (partition mode): the aggregates channel gets one
-        :class:`iotp.schema.AggregateBatch` per :data:`iotp.schema.AGGREGATES_PER_BATCH` aggregates, not one
-        message each."""
+        :class:`iotp.schema.AggregateBatch` per :data:`PUBLISH_PER_CALL` aggregates, not one message each."""
         self.batch_aggregates = batch_aggregates
         self.redis = client
         self.names = names
@@ -151,9 +150,8 @@ class RedisWriter:
             if aggregates is None:
                 aggregates = [orjson.dumps(agg) for agg in fx.aggregates]
             if self.batch_aggregates and len(aggregates) > 1:
-                for i in range(0, len(aggregates), AGGREGATES_PER_BATCH):
-                    chunk = aggregates[i : i + AGGREGATES_PER_BATCH]
-                    pipe.publish(names.channel_aggregates, encode_aggregate_batch(chunk))
+                for i in range(0, len(aggregates), PUBLISH_PER_CALL):
+                    pipe.publish(names.channel_aggregates, encode_aggregate_batch(aggregates[i : i + PUBLISH_PER_CALL]))
             else:
                 await self._publish(pipe, names.channel_aggregates, aggregates)
             for alert in fx.alerts:

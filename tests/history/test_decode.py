@@ -1,6 +1,5 @@
-"""history.decode.decode_aggregate: the row in the aggregates table's column order, the rows of an
-AggregateBatch (partition mode), and a clear reject naming the field for every kind of bad record (pure
-logic)."""
+"""history.decode.decode_aggregate: the row in the aggregates table's column order, and a clear reject
+naming the field for every kind of bad record (pure logic)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import pytest
 
 from history.columns import AGGREGATE_FIELDS
 from history.decode import Rejected, decode_aggregate
-from iotp.schema import WindowAggregate, encode_aggregate_batch
+from iotp.schema import WindowAggregate
 
 GOOD = {
     "v": 1,
@@ -71,29 +70,3 @@ def test_missing_fields_are_rejected(missing):
 def test_not_an_aggregate_object(raw):
     with pytest.raises(Rejected, match="not a WindowAggregate"):
         decode_aggregate(raw)
-
-
-def _batch(*aggregates: dict) -> bytes:
-    return encode_aggregate_batch([orjson.dumps(a) for a in aggregates])
-
-
-def test_an_aggregate_batch_gives_one_row_per_aggregate_in_its_order():
-    aggregates = [{**GOOD, "metric": m, "mean": 20.0 + i} for i, m in enumerate(["temperature", "humidity", "co2"])]
-    rows = decode_aggregate(_batch(*aggregates))
-    assert rows == [decode_aggregate(orjson.dumps(a))[0] for a in aggregates]
-
-
-@pytest.mark.parametrize(
-    ("bad", "message"),
-    [({"metric": 3}, "not an AggregateBatch: .* at \\('aggregates', 1, 'metric'\\)"), ({"start": -1}, "start")],
-)
-def test_one_bad_aggregate_rejects_the_whole_batch_and_names_it(bad, message):
-    with pytest.raises(Rejected, match=message):
-        decode_aggregate(_batch(GOOD, {**GOOD, **bad}, GOOD))
-
-
-def test_a_single_aggregate_with_the_value_aggregates_is_still_one_aggregate():
-    record = {**GOOD, "metric": "aggregates"}  # b'"aggregates"' is in the bytes, as in a batch
-    assert b'"aggregates"' in orjson.dumps(record)
-    (row,) = decode_aggregate(orjson.dumps(record))
-    assert row[2] == "aggregates"

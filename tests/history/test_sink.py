@@ -15,7 +15,7 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from history.migrations import migrate
 from history.sink import ClickHouseSink, _Rebalance
 from iotp.kafka import make_consumer, make_producer
-from iotp.schema import Alert, WindowAggregate, encode_aggregate_batch, encode_batch, now_ms
+from iotp.schema import Alert, WindowAggregate, encode_batch, now_ms
 from iotp.topics import RedisNames
 from tests.support.waiting import async_wait_for
 
@@ -147,10 +147,8 @@ async def test_sink_writes_all_topics_dead_letters_and_publishes_stats(sink_sett
             .model_dump_json()
             .encode(),
         )
-        for i in range(15)
+        for i in range(10)
     ]
-    # partition mode: d-10..d-14 in one keyless AggregateBatch record
-    aggregates = [*aggregates[:10], (None, encode_aggregate_batch([value for _, value in aggregates[10:]]))]
     alert = dict(
         alert_id="al-1",
         device_id="d-1",
@@ -184,7 +182,7 @@ async def test_sink_writes_all_topics_dead_letters_and_publishes_stats(sink_sett
                 )
             )
 
-        await async_wait_for(lambda: _eq(others(), (15, 1)), timeout=30, message="aggregates and alerts")
+        await async_wait_for(lambda: _eq(others(), (10, 1)), timeout=30, message="aggregates and alerts")
         state = await asyncio.to_thread(
             lambda: ch_client.query(f"SELECT state FROM {db}.alerts FINAL").result_rows[0][0]
         )
@@ -201,10 +199,10 @@ async def test_sink_writes_all_topics_dead_letters_and_publishes_stats(sink_sett
 
         async def stats_done():
             st = await redis.hgetall(key)
-            return st if int(st.get(b"sink.rows", 0)) >= 3000 + 16 and st.get(b"sink.lag") == b"0" else None
+            return st if int(st.get(b"sink.rows", 0)) >= 3000 + 11 and st.get(b"sink.lag") == b"0" else None
 
         st = await async_wait_for(stats_done, timeout=30, message="sink stats in Redis")
-        assert int(st[b"sink.rows"]) == 3000 + 15 + 2  # raw rows + aggregates + alert events
+        assert int(st[b"sink.rows"]) == 3000 + 10 + 2  # raw rows + aggregates + alert events
         assert abs(int(st[b"sink.updated_ms"]) - time.time() * 1000) < 10_000
         assert sink.dead_lettered == 3
     finally:

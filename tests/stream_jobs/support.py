@@ -10,8 +10,8 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 
-from iotp.kafka import make_consumer, make_producer, partition_for
-from iotp.schema import aggregate_items, encode_batch, now_ms
+from iotp.kafka import make_consumer, make_producer
+from iotp.schema import encode_batch, now_ms
 from iotp.settings import Settings
 from iotp.topics import redis_names
 from tests.support.waiting import async_wait_for
@@ -62,15 +62,11 @@ class Producer:
 
 
 class TopicWatcher:
-    """Reads the aggregates and alerts topics from the beginning, in the background (no group). An
-    aggregates record may be an AggregateBatch (partition mode): ``records`` has its aggregates one by one,
-    ``record_counts`` the Kafka records, and ``misplaced`` every aggregate not in its device's partition."""
+    """Reads the aggregates and alerts topics from the beginning, in the background (no group)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.records: dict[str, list[dict]] = {settings.topic_aggregates: [], settings.topic_alerts: []}
-        self.record_counts: dict[str, int] = dict.fromkeys(self.records, 0)
-        self.misplaced: list[dict] = []
         self.task: asyncio.Task | None = None
 
     async def __aenter__(self) -> TopicWatcher:
@@ -86,14 +82,7 @@ class TopicWatcher:
         while True:
             batches = await self.consumer.getmany(timeout_ms=200)
             for tp, msgs in batches.items():
-                self.record_counts[tp.topic] += len(msgs)
-                for m in msgs:
-                    items = aggregate_items(orjson.loads(m.value))
-                    partitions = self.settings.kafka_partitions
-                    self.misplaced.extend(
-                        a for a in items if partition_for(a["device_id"].encode(), partitions) != tp.partition
-                    )
-                    self.records[tp.topic].extend(items)
+                self.records[tp.topic].extend(orjson.loads(m.value) for m in msgs)
 
     async def __aexit__(self, *exc) -> None:
         self.task.cancel()

@@ -1,15 +1,12 @@
 """stream_jobs/outputs.py against the real broker: keyed messages produced in record batches land on the
-partition a keyed send would choose, in order per key, all of them, also when they need several batches;
-combined (partition mode), each partition's messages become keyless records of up to ``per_record``."""
+partition a keyed send would choose, in order per key, all of them, also when they need several batches."""
 
 from __future__ import annotations
 
-import orjson
 import pytest
 from aiokafka import TopicPartition
 
 from iotp.kafka import make_consumer, make_producer, partition_for
-from iotp.schema import encode_aggregate_batch
 from stream_jobs.outputs import produce_keyed
 from tests.stream_jobs.conftest import stream_test_settings
 
@@ -54,40 +51,3 @@ async def test_batched_outputs_land_where_keyed_sends_would_in_order(settings) -
     for key, value in messages:
         expected.setdefault(key, []).append(value)
     assert got == expected
-
-
-async def test_combined_outputs_are_one_keyless_record_per_partition_chunk_in_the_keys_partition(settings) -> None:
-    topic, partitions = settings.topic_alerts, settings.kafka_partitions  # a topic the test above leaves alone
-    keys = [f"agg-{i}".encode() for i in range(40)]
-    messages = [(keys[i % 40], orjson.dumps({"k": keys[i % 40].decode(), "i": i})) for i in range(1000)]
-    producer = make_producer(settings, compression_type=None)
-    await producer.start()
-    try:
-        await produce_keyed(producer, topic, messages, combine=encode_aggregate_batch, per_record=100)
-    finally:
-        await producer.stop()
-    consumer = make_consumer(settings, group_id=None)
-    await consumer.start()
-    got: dict[str, list[int]] = {}
-    records = 0
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        total = 0
-        for _ in range(100):
-            for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
-                for record in batch:
-                    assert record.key is None
-                    records += 1
-                    for item in orjson.loads(record.value)["aggregates"]:
-                        assert tp.partition == partition_for(item["k"].encode(), partitions), item
-                        got.setdefault(item["k"], []).append(item["i"])
-                        total += 1
-            if total >= len(messages):
-                break
-    finally:
-        await consumer.stop()
-    assert got == {k.decode(): [i for i in range(1000) if i % 40 == n] for n, k in enumerate(keys)}
-    # 1,000 messages over the partitions, at most 100 per record
-    assert partitions <= records <= partitions + 1000 // 100, records

@@ -63,7 +63,6 @@ def job(producer: HeldProducer, writer: RecordingWriter) -> SimpleNamespace:
         app=SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: producer)),
         settings=Settings(),
         writer=writer,
-        combine_aggregates=None,
     )
 
 
