@@ -8,7 +8,6 @@ Stock paho makes 3+ socket reads per packet and one write per PUBACK; the bounds
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import paho.mqtt.client as mqtt
@@ -20,16 +19,9 @@ from iotp.paho_buffered import BufferedClient, supported
 from iotp.settings import Settings
 from tests.support.mqtt_publish import publish_payloads
 from tests.support.services import as_role
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.skipif(not supported(), reason="paho version without the buffered client")
-
-
-async def _until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 class Subscriber:
@@ -38,7 +30,6 @@ class Subscriber:
 
     def __init__(self, settings: Settings, topic: str, client_id: str, *, manual_ack: bool = False) -> None:
         settings = as_role(settings, "gateway")  # the account that may read device topics
-        self.settings, self.topic = settings, topic
         self.client = make_client(settings, client_id, clean_start=False, manual_ack=manual_ack, buffered=True)
         assert isinstance(self.client, BufferedClient)
         self.received: list[bytes] = []
@@ -60,13 +51,13 @@ class Subscriber:
 
     async def start(self) -> None:
         await self.mq.connect()
-        await _until(lambda: self.subscribed, 10, "SUBACK")
+        await until(lambda: self.subscribed, timeout=10, message="SUBACK")
 
     async def stop(self) -> None:
         await self.mq.close()
 
 
-def _items(settings: Settings, topic_base: str, n: int, tag: str) -> list[tuple[str, bytes]]:
+def _items(topic_base: str, n: int, tag: str) -> list[tuple[str, bytes]]:
     return [(f"{topic_base}/{i % 50}", f"{tag}-{i:05d}".encode()) for i in range(n)]
 
 
@@ -85,12 +76,12 @@ async def test_a_backlog_arrives_in_order_through_few_reads_while_reading_pauses
 
     sub.on_each = pause_now_and_then
     sub.mq.pause_reading()  # the whole backlog queues at the broker and in TCP first
-    items = _items(isolated_settings, base, 3000, "a")
+    items = _items(base, 3000, "a")
     await asyncio.to_thread(publish_payloads, isolated_settings, items)
     reads_before = sub.client.socket_reads
     sub.mq.resume_reading()
     try:
-        await _until(lambda: len(sub.received) >= len(items), 30, f"{len(items)} messages")
+        await until(lambda: len(sub.received) >= len(items), timeout=30, message=f"{len(items)} messages")
     finally:
         await sub.stop()
     assert sub.received == [payload for _, payload in items]
@@ -105,13 +96,13 @@ async def test_a_burst_of_pubacks_goes_out_in_one_write_and_the_broker_takes_eve
     client_id = f"acks-{uuid.uuid4().hex[:8]}"
     sub = Subscriber(isolated_settings, f"{base}/#", client_id, manual_ack=True)
     await sub.start()
-    items = _items(isolated_settings, base, 500, "b")
+    items = _items(base, 500, "b")
     await asyncio.to_thread(publish_payloads, isolated_settings, items)
-    await _until(lambda: len(sub.received) >= len(items), 30, f"{len(items)} messages")
+    await until(lambda: len(sub.received) >= len(items), timeout=30, message=f"{len(items)} messages")
     writes_before = sub.client.socket_writes
     for mid in sub.mids:  # the gateway acks like this when one Kafka ack releases many messages
         sub.client.ack(mid, 1)
-    await _until(lambda: not sub.client.want_write(), 10, "the PUBACKs to be written")
+    await until(lambda: not sub.client.want_write(), timeout=10, message="the PUBACKs to be written")
     writes = sub.client.socket_writes - writes_before
     await sub.stop()
     assert writes <= 3, f"{writes} socket writes for {len(items)} PUBACKs"
@@ -121,7 +112,7 @@ async def test_a_burst_of_pubacks_goes_out_in_one_write_and_the_broker_takes_eve
     await again.start()
     try:
         await asyncio.to_thread(publish_payloads, isolated_settings, [(f"{base}/sentinel", b"sentinel")])
-        await _until(lambda: b"sentinel" in again.received, 30, "the sentinel")
+        await until(lambda: b"sentinel" in again.received, timeout=30, message="the sentinel")
     finally:
         await again.stop()
     assert again.received == [b"sentinel"]
@@ -135,10 +126,12 @@ async def test_per_topic_callbacks_still_get_their_messages_and_the_rest_go_to_o
     filtered: list[bytes] = []
     sub.client.message_callback_add(f"{base}/7", lambda c, u, msg: filtered.append(msg.payload))
     await sub.start()
-    items = _items(isolated_settings, base, 200, "c")
+    items = _items(base, 200, "c")
     await asyncio.to_thread(publish_payloads, isolated_settings, items)
     try:
-        await _until(lambda: len(sub.received) + len(filtered) >= len(items), 30, f"{len(items)} messages")
+        await until(
+            lambda: len(sub.received) + len(filtered) >= len(items), timeout=30, message=f"{len(items)} messages"
+        )
     finally:
         await sub.stop()
     assert filtered == [payload for topic, payload in items if topic.endswith("/7")]

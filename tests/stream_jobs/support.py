@@ -14,7 +14,6 @@ from iotp.kafka import make_consumer, make_producer
 from iotp.schema import encode_batch, now_ms
 from iotp.settings import Settings
 from iotp.topics import redis_names
-from tests.support.waiting import async_wait_for
 
 
 def readings(seqs_ts_values: list[tuple[int, int, dict]], rx: int | None = None) -> list[dict]:
@@ -107,13 +106,3 @@ def redis_client(settings: Settings) -> aioredis.Redis:
 
 async def device_hash(r: aioredis.Redis, settings: Settings, device_id: str) -> dict:
     return await r.hgetall(redis_names(settings).device_key(device_id))
-
-
-async def until(predicate, timeout: float = 30.0, message: str = "condition"):
-    """``async_wait_for`` for plain and async predicates alike."""
-
-    async def check():
-        result = predicate()
-        return await result if asyncio.iscoroutine(result) else result
-
-    return await async_wait_for(check, timeout=timeout, message=message)

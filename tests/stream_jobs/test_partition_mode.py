@@ -17,8 +17,9 @@ from iotp.schema import channel_aggregates, encode_batch, encode_partition_batch
 from iotp.settings import Settings
 from iotp.topics import redis_names
 from tests.stream_jobs.conftest import stream_test_settings
-from tests.stream_jobs.support import Producer, TopicWatcher, device_hash, noise, now_ms, redis_client, until
+from tests.stream_jobs.support import Producer, TopicWatcher, device_hash, noise, now_ms, redis_client
 from tests.support.processes import ProcessGroup
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 NO_SILENCE = dict(stream_silence_min_s=3600.0)  # silence depends on wall-clock timing: not compared here

@@ -12,7 +12,8 @@ from iotp.profiles import parse_profiles, shipped_profiles
 from iotp.topics import redis_names
 from stream_jobs.detectors import DeviceDetector, load_rules
 from tests.stream_jobs.conftest import stream_test_settings
-from tests.stream_jobs.support import Producer, TopicWatcher, now_ms, readings, redis_client, until
+from tests.stream_jobs.support import Producer, TopicWatcher, now_ms, readings, redis_client
+from tests.support.waiting import until
 
 T0 = 1_700_000_000_000
 

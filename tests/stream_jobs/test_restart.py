@@ -7,8 +7,9 @@ import pytest
 
 from iotp.topics import redis_names
 from tests.stream_jobs.conftest import stream_test_settings
-from tests.stream_jobs.support import Producer, TopicWatcher, device_hash, noise, now_ms, readings, redis_client, until
+from tests.stream_jobs.support import Producer, TopicWatcher, device_hash, noise, now_ms, readings, redis_client
 from tests.support.processes import ProcessGroup
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 

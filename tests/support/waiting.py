@@ -36,6 +36,16 @@ async def async_wait_for(
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message} (last value: {last!r})")
 
 
+async def until(predicate: Callable[[], object], timeout: float = 30.0, message: str = "condition") -> object:
+    """:func:`async_wait_for` for plain and async predicates alike."""
+
+    async def check() -> object:
+        result = predicate()
+        return await result if asyncio.iscoroutine(result) else result
+
+    return await async_wait_for(check, timeout=timeout, message=message)
+
+
 async def wait_api_ready(http: httpx.AsyncClient, timeout: float = 90.0) -> None:
     """Until the API (``http``'s base URL) answers its readiness probe with 200."""
 
