@@ -16,8 +16,8 @@ from tests.stream_jobs.support import (
     now_ms,
     readings,
     redis_client,
-    until,
 )
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 
