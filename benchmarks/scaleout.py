@@ -93,6 +93,7 @@ def main() -> None:
             lat = step.get("redis_latency_ms") or {}
             split = step.get("redis_latency_split_ms") or {}
             cpu = ", ".join(f"{name} {usage['cpu_pct']:.0f}" for name, usage in sorted(step["processes"].items()))
+            cpu += f"; load test {step.get('harness_cpu_pct', 0):.0f}"
             table.add_row(
                 run["topology"],
                 f"{step['offered']:,.0f}",

@@ -227,7 +227,6 @@ class Soak:
         machine_pct = psutil.cpu_percent(None)  # all cores: 100 = the whole machine
         probe = self._probe()
         latencies, seen = probe.take()
-        probe.ids.clear()  # the probe remembers ids for the load test; not needed here, and unbounded
         now_ms = time.time() * 1000
         row: dict = {
             "t": round(t, 1),

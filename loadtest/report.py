@@ -54,7 +54,8 @@ def print_table(console: Console, results: list[StepResult]) -> None:
 
 def process_table(console: Console, results: list[StepResult]) -> None:
     """One row per process (the publisher's own processes included), CPU averaged over each step's publishing
-    window only (not its drain), RSS the peak inside it; last row: the CPU of all of them together."""
+    window only (not its drain), RSS the peak inside it; then the CPU of all of them together, and the load
+    test's own process (not in "all": it is the measuring harness, not the pipeline)."""
     names = sorted({n for r in results for n in r.processes})
     table = Table(
         "process",
@@ -68,6 +69,7 @@ def process_table(console: Console, results: list[StepResult]) -> None:
             cells.append(f"{p['cpu_pct']:.0f} / {p['rss_mb']:.0f}" if p else "-")
         table.add_row(name, *cells)
     table.add_row("[bold]all[/]", *[f"{total_cpu(r):.0f}" for r in results])
+    table.add_row("[dim]load test (harness)[/]", *[f"{r.harness_cpu_pct:.0f}" for r in results])
     console.print(table)
 
 

@@ -24,6 +24,7 @@ every stage flushes its counters about once a second.
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from iotp.topics import redis_names
 from loadtest.probes import RedisLatencyProbe, StageCounters, WindowSampler, latency_split, latency_timeline
 
 STATS_LAG_S = 1.5
+HARNESS = "harness"  # the WindowSampler row of the load test's own process
 STAGES = {  # stage -> cumulative counter in the Redis stats hash (MQTT messages for mqtt_in, else readings)
     "mqtt_in": stats.GATEWAY_RECEIVED,
     "kafka_in": stats.GATEWAY_FORWARDED,
@@ -73,6 +75,9 @@ class StepResult:
     lost: int = 0
     duplicates: int = 0
     processes: dict[str, dict[str, float]] = field(default_factory=dict)  # over the publishing window
+    #: the load test's own process (latency probe, CPU sampler, counters) over the same window: not part of
+    #: the pipeline, so not a row of ``processes``, but it takes CPU from the same cores
+    harness_cpu_pct: float = 0.0
     cpu_window_s: float = 0.0
     #: wall clock (epoch ms) of the step's start: second 0 of the two timelines
     started_ms: int = 0
@@ -194,7 +199,9 @@ class LoadTest:
         if not idle:
             result.notes.append("started with a backlog from the previous step")
         probe = RedisLatencyProbe(self.redis, self.names.channel_readings, prefix)
-        sampler = WindowSampler(self.pids).start()
+        sampler = WindowSampler(self.pids)
+        sampler.watch_one(HARNESS, os.getpid())
+        sampler.start()
         before = self.counters.read()
         started = time.monotonic()
         started_ms = result.started_ms = int(time.time() * 1000)
@@ -206,6 +213,7 @@ class LoadTest:
         publish_end = time.monotonic()
         cpu_start, cpu_end = publishing_window(stats["written_at"], stats["elapsed"])
         result.processes = sampler.usage(cpu_start, cpu_end)
+        result.harness_cpu_pct = result.processes.pop(HARNESS, {}).get("cpu_pct", 0.0)
         result.cpu_window_s = round(cpu_end - cpu_start, 2)
         result.cpu_timeline = sampler.timeline(started_ms / 1000, cpu_end)
         time.sleep(STATS_LAG_S)
