@@ -6,7 +6,7 @@ import orjson
 
 from loadtest.probes import latency_split, latency_timeline
 from loadtest.report import plot
-from loadtest.runner import StepResult, max_sustainable, percentiles, to_json
+from loadtest.runner import StepResult, max_sustainable, percentiles, stream_lag_s, to_json, verdict
 
 
 def test_percentiles_of_known_values():
@@ -66,3 +66,36 @@ def test_the_report_plots_a_step_with_its_latency_timeline(tmp_path):
     step.redis_latency_timeline = [{"s": 0.0, "n": 5, "p50": 100.0, "p99": 300.0, "max": 310.0}]
     plot([step], tmp_path / "lt.png", "test")
     assert (tmp_path / "lt.png").stat().st_size > 10_000
+
+
+def _step(**kw) -> StepResult:
+    base = {"offered": 10_000, "step_s": 20, "publish_rate": 9_999.0, "drained": True, "drain_s": 4.2}
+    return StepResult(**(base | kw))
+
+
+def test_a_stream_stage_that_fell_behind_is_not_sustainable_even_if_the_drain_was_quick():
+    # the rates of a real 10,000 msgs/s step (benchmarks/results/harness/old-1, a ~20.5 s window): the
+    # gateway took 9,770/s, the stream worker processed 7,215/s while publishing, then cleared the rest in
+    # the 4.2 s drain with the machine to itself. The drain rule alone called it sustainable.
+    rates = {"mqtt_in": 9_769.6, "processed": 7_214.7}
+    lag = stream_lag_s(rates, 20.5)
+    assert lag == 5.36
+    ok, notes = verdict(_step(stream_lag_s=lag), 10_000, max_drain_s=5, max_lag_s=2, drain_s=30)
+    assert not ok
+    assert notes == ["stream stage 5.4s of input behind when publishing ended"]
+
+
+def test_a_step_that_kept_pace_drained_and_lost_nothing_is_sustainable():
+    lag = stream_lag_s({"mqtt_in": 8_801.9, "processed": 8_801.9}, 20.4)
+    assert lag == 0.0
+    assert verdict(_step(offered=9_000, publish_rate=8_999.8, stream_lag_s=lag), 9_000, 5, 2, 30) == (True, [])
+    assert stream_lag_s({}, 20.0) == 0.0  # nothing came in: no lag, not a division by zero
+
+
+def test_each_failed_rule_says_why():
+    step = _step(publish_rate=9_000.0, drained=True, drain_s=9.0, lost=3)
+    ok, notes = verdict(step, 10_000, 5, 2, 30)
+    assert not ok
+    assert notes == ["publisher reached 9000/s of 10000/s", "backlog took 9s to drain", "3 readings not stored"]
+    ok, notes = verdict(_step(drained=False), 10_000, 5, 2, 30)
+    assert (ok, notes) == (False, ["not drained after 30s"])
