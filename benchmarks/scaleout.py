@@ -83,7 +83,7 @@ def main() -> None:
 
     table = Table(
         "topology", "offered/s", "MQTT in/s", "processed/s", "stored/s", "Redis p50/p99 ms",
-        "p99 to gateway / after ms", "lost", "stream lag s", "drain s",
+        "p99 to gateway / after ms", "lost", "backlog s", "drain s",
         "ok", "CPU % per process over the publishing window (one core = 100)",
         title=f"scale-out, {args.devices:,} devices, 1 reading per message, QoS 1, {args.record_mode} records",
     )  # fmt: skip
@@ -103,7 +103,7 @@ def main() -> None:
                 f"{lat.get('p50', 0):,.0f} / {lat.get('p99', 0):,.0f}",
                 " / ".join(f"{split.get(part, {}).get('p99', 0):,.0f}" for part in ("to_gateway", "after_gateway")),
                 str(step["lost"]),
-                f"{step.get('stream_lag_s', 0):.1f}",
+                f"{step.get('backlog_s', 0):.1f}",
                 f"{step['drain_s']:.1f}",
                 "yes" if step["sustainable"] else "no",
                 cpu,

@@ -23,7 +23,7 @@ def print_table(console: Console, results: list[StepResult]) -> None:
         "CH p50/p99 ms",
         "not stored",
         "dup rows",
-        "stream lag s",
+        "backlog s",
         "drain s",
         "ok",
         title="load test",
@@ -47,7 +47,7 @@ def print_table(console: Console, results: list[StepResult]) -> None:
             # not drained: still queued when the drain time ran out (a later step's check would find them)
             str(r.lost) if r.drained or not r.lost else f"{r.lost:,} (not drained)",
             str(r.duplicates),
-            f"{r.stream_lag_s:.1f}",
+            f"{r.backlog_s:.1f}",
             f"{r.drain_s:.1f}",
             "[green]yes[/]" if r.sustainable else "[red]no[/]",
         )

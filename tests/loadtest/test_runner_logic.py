@@ -6,7 +6,7 @@ import orjson
 
 from loadtest.probes import latency_split, latency_timeline
 from loadtest.report import plot
-from loadtest.runner import StepResult, max_sustainable, percentiles, stream_lag_s, to_json, verdict
+from loadtest.runner import StepResult, backlog_s, max_sustainable, percentiles, to_json, verdict
 
 
 def test_percentiles_of_known_values():
@@ -73,23 +73,30 @@ def _step(**kw) -> StepResult:
     return StepResult(**(base | kw))
 
 
-def test_a_stream_stage_that_fell_behind_is_not_sustainable_even_if_the_drain_was_quick():
-    # the rates of a real 10,000 msgs/s step (benchmarks/results/harness/old-1, a ~20.5 s window): the
-    # gateway took 9,770/s, the stream worker processed 7,215/s while publishing, then cleared the rest in
-    # the 4.2 s drain with the machine to itself. The drain rule alone called it sustainable.
-    rates = {"mqtt_in": 9_769.6, "processed": 7_214.7}
-    lag = stream_lag_s(rates, 20.5)
-    assert lag == 5.36
-    ok, notes = verdict(_step(stream_lag_s=lag), 10_000, max_drain_s=5, max_lag_s=2, drain_s=30)
+def test_a_pipeline_that_fell_behind_is_not_sustainable_even_if_the_drain_was_quick():
+    # a real 10,000 msgs/s step (benchmarks/results/harness/ramp-old-1.json): 199,986 readings published
+    # in 20 s, the stream worker had processed ~148,000 when publishing ended (7,215/s), then cleared the
+    # rest in the 4.2 s drain with the machine to itself. The drain rule alone called it sustainable.
+    backlog = backlog_s(published=199_986, processed=147_900, publish_rate=9_998.9)
+    assert backlog == 5.21
+    ok, notes = verdict(_step(backlog_s=backlog), 10_000, max_drain_s=5, max_backlog_s=2, drain_s=30)
     assert not ok
-    assert notes == ["stream stage 5.4s of input behind when publishing ended"]
+    assert notes == ["5.2s of input not yet processed when publishing ended"]
+
+
+def test_a_backlog_in_front_of_the_gateway_counts_too():
+    # a gateway that reads Mosquitto late: the stream stage processed everything the gateway forwarded
+    # (MQTT in = processed, so a rule on those two would pass), but 20,000 of the 180,000 published readings
+    # were still queued in Mosquitto. The backlog is measured from what was published.
+    assert backlog_s(published=180_000, processed=160_000, publish_rate=9_000.0) == 2.22
+    assert backlog_s(published=180_000, processed=178_000, publish_rate=9_000.0) == 0.22
 
 
 def test_a_step_that_kept_pace_drained_and_lost_nothing_is_sustainable():
-    lag = stream_lag_s({"mqtt_in": 8_801.9, "processed": 8_801.9}, 20.4)
-    assert lag == 0.0
-    assert verdict(_step(offered=9_000, publish_rate=8_999.8, stream_lag_s=lag), 9_000, 5, 2, 30) == (True, [])
-    assert stream_lag_s({}, 20.0) == 0.0  # nothing came in: no lag, not a division by zero
+    backlog = backlog_s(published=179_999, processed=179_999, publish_rate=8_999.8)
+    assert backlog == 0.0
+    assert verdict(_step(offered=9_000, publish_rate=8_999.8, backlog_s=backlog), 9_000, 5, 2, 30) == (True, [])
+    assert backlog_s(published=0, processed=0, publish_rate=0.0) == 0.0  # nothing published: no division by zero
 
 
 def test_each_failed_rule_says_why():
