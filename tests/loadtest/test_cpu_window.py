@@ -161,8 +161,8 @@ def test_descendant_pids_walks_the_whole_tree_and_nothing_else():
 
 
 def test_one_scan_of_the_process_table_per_sample_however_many_trees(monkeypatch):
-    # psutil's children(recursive=True) reads all of /proc per call: ten roots sampled 4 times a second were
-    # ~8 % of a core in the load test itself. The sampler now takes one table per sample for all its roots.
+    # psutil's children(recursive=True) reads all of /proc per call: ten roots sampled 4 times a second read
+    # 40 process tables a second in the load test itself. Now one table per sample serves all its roots.
     scans = []
 
     class CountingTable(probes.ProcessTable):
