@@ -1,5 +1,6 @@
 """iotp.paho_buffered on the event loop against the real Mosquitto: a backlog arrives complete and in order
-through chunked reads, also when reading is paused with packets still in the buffer, and a burst of
+through chunked reads and the client's own PUBLISH decoding, also when reading is paused with packets still
+in the buffer, and a burst of
 PUBACKs goes out in one write that the broker takes (no redelivery after a reconnect).
 
 Stock paho makes 3+ socket reads per packet and one write per PUBACK; the bounds below are 10x under that.
@@ -87,6 +88,8 @@ async def test_a_backlog_arrives_in_order_through_few_reads_while_reading_pauses
     assert sub.received == [payload for _, payload in items]
     reads = sub.client.socket_reads - reads_before
     assert reads <= len(items) // 10, f"{reads} socket reads for {len(items)} packets"
+    # and all but the packets cut by a chunk's end (at most one per read) went through its own decoding
+    assert sub.client.fast_publishes >= len(items) - reads, f"{sub.client.fast_publishes} decoded fast"
 
 
 async def test_a_burst_of_pubacks_goes_out_in_one_write_and_the_broker_takes_every_ack(
