@@ -67,6 +67,13 @@ class Settings(BaseSettings):
         "docs/stream-processing.md)",
     )
     kafka_compression: str | None = Field("lz4", description="none|gzip|snappy|lz4|zstd")
+    kafka_lz4_level: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="lz4 level of produced batches (aiokafka 0.14 always uses 9, LZ4 HC: ~10x the CPU of "
+        "level 1 for batches 26 % smaller, benchmarks/kafka_codec_bench.py; iotp/kafka.py). 9 = aiokafka's own",
+    )
     kafka_idempotence: bool = Field(False, description="Enable on real Kafka; the local broker rejects it")
     kafka_fetch_max_wait_ms: int = Field(
         100,
