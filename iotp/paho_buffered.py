@@ -43,6 +43,7 @@ import paho.mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt import _packet
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 PAHO_VERSION = "2.2.0"
 READ_CHUNK = 256 * 1024
@@ -52,8 +53,9 @@ _SUCCESS = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 class IncomingMessage(mqtt.MQTTMessage):
-    """An incoming :class:`paho.mqtt.client.MQTTMessage` whose ``info`` is built on first use: paho gives
-    every message one, with a ``threading.Condition``, though only outgoing messages use it."""
+    """An incoming :class:`paho.mqtt.client.MQTTMessage` whose ``info`` and (MQTT 5, none received) empty
+    ``properties`` are built on first use: paho gives every message an ``info`` with a
+    ``threading.Condition``, though only outgoing messages use it, and a new ``Properties`` object."""
 
     __slots__ = ()
 
@@ -81,8 +83,23 @@ class IncomingMessage(mqtt.MQTTMessage):
     def info(self, value: mqtt.MQTTMessageInfo) -> None:
         _INFO_SLOT.__set__(self, value)
 
+    @property
+    def properties(self) -> Properties | None:
+        value = _PROPERTIES_SLOT.__get__(self)
+        if value is _EMPTY_V5:
+            value = _packet.Properties(PacketTypes.PUBLISH)  # what paho would have given: empty
+            _PROPERTIES_SLOT.__set__(self, value)
+        return value
 
-_INFO_SLOT = mqtt.MQTTMessage.__dict__["info"]  # the slot descriptor the property above stands in front of
+    @properties.setter
+    def properties(self, value: Properties | None) -> None:
+        _PROPERTIES_SLOT.__set__(self, value)
+
+
+# the slot descriptors the two properties above stand in front of
+_INFO_SLOT = mqtt.MQTTMessage.__dict__["info"]
+_PROPERTIES_SLOT = mqtt.MQTTMessage.__dict__["properties"]
+_EMPTY_V5: Any = object()  # in the properties slot: MQTT 5, no properties received (built when read)
 
 
 def supported() -> bool:
@@ -188,7 +205,7 @@ class BufferedClient(mqtt.Client):
             if i >= end or buf[i] != 0:  # properties present (or no room for their length): paho decodes
                 return None
             i += 1
-            properties = _packet.Properties(PacketTypes.PUBLISH)  # empty, as paho's own would be
+            properties = _EMPTY_V5  # empty, as paho's own would be, built if the callback reads it
         elif topic_end == topic_start:
             return None  # MQTT 3 forbids an empty topic: paho reports the malformed packet
         if i > end:

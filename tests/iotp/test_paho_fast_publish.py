@@ -167,3 +167,16 @@ def test_a_closed_connection_is_lost_the_same_way() -> None:
         assert fast.messages == stock.messages
         assert fast.codes[-1] == stock.codes[-1] == int(mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST)
         assert fast.client._sock is None and stock.client._sock is None
+
+
+def test_mqtt5_properties_are_built_when_read_and_are_paho_s_empty_ones() -> None:
+    got: list[mqtt.MQTTMessage] = []
+    for _stock, fast in pair(mqtt.MQTTv5, manual_ack=True):
+        fast.client.on_message = lambda c, u, msg: got.append(msg)
+        fast.feed(publish(b"iot/power/dev-1", b"p", qos=1, mid=1))
+        (msg,) = got
+        props = msg.properties
+        assert isinstance(props, Properties)
+        assert props.packetType == PacketTypes.PUBLISH
+        assert props.json() == {}
+        assert msg.properties is props  # built once
