@@ -25,11 +25,12 @@ calls a second, one small PUBACK each (py-spy: ``_sock_recv`` alone was ~10 % of
   rebuilt ``_in_packet`` dict, no format strings for ``struct``, no debug-log formatting, and a message
   whose ``info`` (an ``MQTTMessageInfo`` with a ``threading.Condition``, only meaningful for outgoing
   messages) is built only if someone reads it. paho's packet path was ~37 % of a gateway's samples at
-  8,000 msgs/s after the three changes above, its own callback ~25 %. Anything else -- another packet type,
+  8,000 msgs/s after the three changes above, the gateway's callback ~25 %. Anything else -- another packet type,
   QoS 2, MQTT 5 properties that are not empty, a packet not yet complete in the buffer -- goes through
   paho as before.
 
-All four go through paho's private ``_sock_recv`` / ``_out_packet`` / ``_handle_on_message``. As with
+All four go through paho's private parts (``_sock_recv``, ``_packet_read``, ``_in_packet``, ``_out_packet``,
+``_handle_on_message``, ``_send_puback``, ``_last_bytes_received``). As with
 :mod:`iotp.paho_speedups`, this only applies to the paho version it was written and tested against
 (:data:`PAHO_VERSION`). Any other version gets the stock behaviour (:func:`supported`).
 """
