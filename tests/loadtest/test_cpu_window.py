@@ -135,19 +135,24 @@ if __name__ == "__main__":
 """
 
 
-def test_sampler_gives_the_publishers_worker_a_row_of_its_own(tmp_path):
-    script = tmp_path / "publisher.py"
-    script.write_text(SPAWNING)
-    sampler = WindowSampler({}, interval=0.05).start()
+def usage_until_exit(sampler: WindowSampler, proc: subprocess.Popen) -> dict[str, dict[str, float]]:
+    """Let the (started) sampler run until ``proc`` exits cleanly; usage per row over that time."""
     started = time.time()
-    proc = subprocess.Popen([sys.executable, str(script)])
-    sampler.watch_each("publisher", proc.pid)
     try:
         wait_for(lambda: proc.poll() is not None, timeout=60, message="publisher exits")
     finally:
         sampler.stop()
-    usage = sampler.usage(started, time.time())
     assert proc.returncode == 0
+    return sampler.usage(started, time.time())
+
+
+def test_sampler_gives_the_publishers_worker_a_row_of_its_own(tmp_path):
+    script = tmp_path / "publisher.py"
+    script.write_text(SPAWNING)
+    sampler = WindowSampler({}, interval=0.05).start()
+    proc = subprocess.Popen([sys.executable, str(script)])
+    sampler.watch_each("publisher", proc.pid)
+    usage = usage_until_exit(sampler, proc)
     assert {"publisher", "publisher-worker-1"} <= set(usage)
     # the worker burned about a second of CPU inside the window; the parent only waited for it
     assert usage["publisher-worker-1"]["cpu_pct"] > usage["publisher"]["cpu_pct"]
@@ -185,13 +190,6 @@ def test_watch_one_counts_the_process_without_its_children(tmp_path):
     proc = subprocess.Popen([sys.executable, str(script)])
     sampler = WindowSampler({"tree": proc.pid}, interval=0.05)
     sampler.watch_one("alone", proc.pid)
-    started = time.time()
-    sampler.start()
-    try:
-        wait_for(lambda: proc.poll() is not None, timeout=60, message="publisher exits")
-    finally:
-        sampler.stop()
-    usage = sampler.usage(started, time.time())
-    assert proc.returncode == 0
+    usage = usage_until_exit(sampler.start(), proc)
     # the worker's busy second counts for the tree (reaped into its parent), not for the parent alone
     assert usage["tree"]["cpu_pct"] > usage["alone"]["cpu_pct"] + 20
