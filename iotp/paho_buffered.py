@@ -134,13 +134,18 @@ class BufferedClient(mqtt.Client):
         if not self._active:
             self.socket_reads += 1
             return super()._sock_recv(bufsize)
-        if self._rsock is not self._sock or self._rpos >= len(self._rbuf):
+        if self._drained:
             data = self._refill(max(bufsize, READ_CHUNK))
             if not data:  # EOF: paho sees the closed connection as before
                 return data
         start = self._rpos
         self._rpos = min(start + bufsize, len(self._rbuf))
         return self._rbuf[start : self._rpos]
+
+    @property
+    def _drained(self) -> bool:
+        """Nothing of the current socket's left in the buffer (or it holds another connection's bytes)."""
+        return self._rsock is not self._sock or self._rpos >= len(self._rbuf)
 
     def _refill(self, size: int) -> bytes:
         """Read the socket into the (empty) buffer; a new connection (or none) first drops what the old one
@@ -156,7 +161,7 @@ class BufferedClient(mqtt.Client):
 
     def _packet_read(self) -> mqtt.MQTTErrorCode:
         if self._active and self._in_packet["command"] == 0:
-            if self._rsock is not self._sock or self._rpos >= len(self._rbuf):
+            if self._drained:
                 try:  # fill the buffer here, so the packet after a socket read is decoded fast as well
                     self._refill(READ_CHUNK)
                 except OSError:  # nothing to read, or the connection failed: paho's read says so its way
@@ -209,19 +214,18 @@ class BufferedClient(mqtt.Client):
             properties = _EMPTY_V5  # empty, as paho's own would be, built if the callback reads it
         elif topic_end == topic_start:
             return None  # MQTT 3 forbids an empty topic: paho reports the malformed packet
-        if i > end:
-            return None
         self._rpos = end
         self.fast_publishes += 1
+        received = mqtt.time_func()
         with self._msgtime_mutex:
-            self._last_bytes_received = mqtt.time_func()
+            self._last_bytes_received = received
         message = IncomingMessage(mid, buf[topic_start:topic_end])
         message.dup = bool(header & 0x08)
         message.qos = qos
         message.retain = bool(header & 0x01)
         message.properties = properties
         message.payload = buf[i:end]
-        message.timestamp = mqtt.time_func()
+        message.timestamp = received
         self._handle_on_message(message)
         if qos and not self._manual_ack:
             return self._send_puback(mid)

@@ -356,15 +356,10 @@ class WindowSampler:
                     with contextlib.suppress(psutil.Error):
                         cpu += _cpu_seconds(p, with_reaped_children=True)
                         rss += p.memory_info().rss
-                series = self.series.setdefault(name, Series())
-                series.add_cpu(now, cpu)
-                series.rss.append((now, rss))
+                self._record(name, now, cpu, rss)
             for name, proc in self._single.items():
                 with contextlib.suppress(psutil.Error):
-                    cpu, rss = _cpu_seconds(proc, with_reaped_children=False), proc.memory_info().rss
-                    series = self.series.setdefault(name, Series())
-                    series.add_cpu(now, cpu)
-                    series.rss.append((now, rss))
+                    self._record(name, now, _cpu_seconds(proc, with_reaped_children=False), proc.memory_info().rss)
             for prefix, root in self._each:
                 for p in table.tree(root):
                     try:
@@ -373,11 +368,16 @@ class WindowSampler:
                         started = p.create_time()
                     except psutil.Error:
                         continue
-                    series = self.series.setdefault(self._row(prefix, p), Series())
-                    if not series.cpu:
-                        series.add_cpu(started, 0.0)
-                    series.add_cpu(now, cpu)
-                    series.rss.append((now, rss))
+                    self._record(self._row(prefix, p), now, cpu, rss, started=started)
+
+    def _record(self, name: str, now: float, cpu: float, rss: float, started: float | None = None) -> None:
+        """One point of row ``name``; a row that begins with ``started`` (a process that started after the
+        sampler) gets a first point of 0 CPU at that time."""
+        series = self.series.setdefault(name, Series())
+        if started is not None and not series.cpu:
+            series.add_cpu(started, 0.0)
+        series.add_cpu(now, cpu)
+        series.rss.append((now, rss))
 
     def usage(self, start: float, end: float) -> dict[str, dict[str, float]]:
         with self._lock:

@@ -263,9 +263,10 @@ class LoadTest:
         result.publish_rate = round(stats["confirmed"] / stats["elapsed"], 1) if stats["elapsed"] else 0.0
         if stats.get("unconfirmed_messages"):
             result.notes.append(f"{stats['unconfirmed_messages']} messages never acknowledged by the broker")
-        for stage, counter in STAGES.items():
+        counts = {stage: after.get(counter, 0) - before.get(counter, 0) for stage, counter in STAGES.items()}
+        for stage, count in counts.items():
             per = self.batch if stage == "mqtt_in" else 1  # a message carries `batch` readings
-            result.stage_rates[stage] = round(per * (after.get(counter, 0) - before.get(counter, 0)) / window, 1)
+            result.stage_rates[stage] = round(per * count / window, 1)
         samples, seen = probe.take_samples()
         result.stage_rates["redis_visible"] = round(seen / window, 1)
 
@@ -289,8 +290,7 @@ class LoadTest:
         result.lost = max(0, result.published - result.stored)
         result.duplicates = int(check.get("duplicate_rows", 0))
         result.clickhouse_latency_ms = {k: v for k, v in check.get("latency_ms", {}).items()}
-        processed = int(after.get(STAGES["processed"], 0) - before.get(STAGES["processed"], 0))
-        result.backlog_s = backlog_s(result.published, processed, result.publish_rate)
+        result.backlog_s = backlog_s(result.published, int(counts["processed"]), result.publish_rate)
         result.sustainable, notes = verdict(result, rate, self.max_drain_s, self.max_backlog_s, self.drain_s)
         result.notes += notes
         return result
