@@ -7,7 +7,9 @@ in a temporary directory. For each offered rate (messages/s; ``max`` = as fast a
 after the other and interleaved over ``--rounds``:
 
 - ``simulator``: ``iotp simulate`` (paho-mqtt, MQTT 5), 1 worker process;
-- ``lean``: ``python -m loadtest.lean_publisher`` (hand-framed MQTT 3.1.1), 1 process;
+- ``lean``: ``python -m loadtest.lean_publisher`` (hand-framed MQTT 3.1.1), 1 process, its frames prepared
+  before it publishes (the default since issue 12, session 6);
+- ``lean-live``: the same with ``--no-prepare``: every reading made while publishing;
 
 both with the same fleet (5,000 power meters, 1 reading per message, QoS 1) and nothing subscribed.
 Measured: the achieved rate (the publisher's own stats: acknowledged messages / publishing time), the
@@ -61,7 +63,8 @@ def _command(kind: str, tmp: Path, rate: float, seconds: float, stats: Path) -> 
             "--rate", str(rate), "--duration", str(seconds), "--qos", "1", "--workers", "1", "--seed", "1",
             "--stats-json", str(stats),
         ]  # fmt: skip
-    return lean_command(tmp, DEVICES, rate, seconds, stats)
+    command = lean_command(tmp, DEVICES, rate, seconds, stats)
+    return [*command, "--no-prepare"] if kind == "lean-live" else command
 
 
 def lean_command(tmp: Path, devices: int, rate: float, seconds: float, stats: Path) -> list[str]:
@@ -101,6 +104,7 @@ def run_one(settings: Settings, tmp: Path, kind: str, rate: float, seconds: floa
         # the process's whole life: imports, fleet, connect, worker start-up too
         "process_cpu_us_per_message": round(cpu / messages * 1e6, 1),
         "mosquitto_us_per_message": round(broker / messages * 1e6, 1),
+        "prepare_s": float(stats.get("prepare_s", 0.0)),  # before publishing: in the whole-process column only
     }
 
 
@@ -109,7 +113,7 @@ def main() -> None:
     parser.add_argument("--rates", default="5000,10000,max", help="offered messages/s, comma separated; max = flat out")
     parser.add_argument("--seconds", type=float, default=8.0, help="publishing time per run")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--publishers", default="simulator,lean")
+    parser.add_argument("--publishers", default="simulator,lean-live,lean")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "publisher_bench.json")
     args = parser.parse_args()
     rates = [MAX_RATE if r.strip() == "max" else float(r) for r in args.rates.split(",")]
@@ -151,11 +155,12 @@ def main() -> None:
                 "cpu_share_median": statistics.median(r["cpu_share_while_publishing"] for r in runs),
                 "process_cpu_us_per_message_median": statistics.median(r["process_cpu_us_per_message"] for r in runs),
                 "mosquitto_us_per_message_median": statistics.median(r["mosquitto_us_per_message"] for r in runs),
+                "prepare_s_median": statistics.median(r["prepare_s"] for r in runs),
             }
         )
     table = Table(
         "offered msgs/s", "publisher", "achieved msgs/s (runs)", "CPU µs/msg publishing", "share of a core",
-        "CPU µs/msg whole process", "Mosquitto µs/msg",
+        "CPU µs/msg whole process", "Mosquitto µs/msg", "prepare s",
         title=f"load generators, QoS 1, 1 reading per message, {DEVICES:,} devices (loopback, {os.cpu_count()} cores)",
     )  # fmt: skip
     for s in summary:
@@ -167,6 +172,7 @@ def main() -> None:
             f"{s['cpu_share_median']:.2f}",
             f"{s['process_cpu_us_per_message_median']:.1f}",
             f"{s['mosquitto_us_per_message_median']:.1f}",
+            f"{s['prepare_s_median']:.1f}",
         )
     console.print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ def run_topology(n: int, args: argparse.Namespace, out_dir: Path) -> dict:
             [
                 "loadtest", "--ramp", args.ramp, "--devices", str(args.devices), "--step-seconds",
                 str(args.step_seconds), "--no-reference", "--out", str(out),
+                *([] if args.prepare else ["--no-prepare"]),
             ],
             env,
             1800,
@@ -73,6 +74,9 @@ def main() -> None:
     parser.add_argument("--settle-seconds", type=float, default=10.0)
     parser.add_argument("--record-mode", default="partition", choices=["device", "partition"])
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--no-prepare", dest="prepare", action="store_false", help="the lean publisher makes its readings live"
+    )
     args = parser.parse_args()
     status = _run(["status"], dict(os.environ), 60)
     if "RUNNING" in status.stdout:

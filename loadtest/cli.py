@@ -29,6 +29,13 @@ def loadtest(
             "per message, so the test measures the pipeline); simulator: the real simulator (paho, MQTT 5)",
         ),
     ] = Publisher.lean,
+    prepare: Annotated[
+        bool,
+        typer.Option(
+            help="lean publisher: build each step's frames before it starts, so publishing costs a copy and a "
+            "timestamp (--no-prepare: make every reading while publishing)",
+        ),
+    ] = True,
     batch: Annotated[int, typer.Option(help="Readings per MQTT message")] = 1,
     qos: Annotated[int, typer.Option(min=0, max=1)] = 1,
     reference: Annotated[bool, typer.Option(help="Measure the raw broker and Kafka limits too")] = True,
@@ -69,6 +76,7 @@ def loadtest(
         devices=devices,
         workers=workers,
         publisher=publisher.value,
+        prepare=prepare,
         batch=batch,
         qos=qos,
         step_s=step_seconds,
@@ -104,6 +112,7 @@ def loadtest(
         "devices": devices,
         "workers": workers,
         "publisher": publisher.value,
+        "prepared_frames": prepare and publisher is Publisher.lean,
         "batch": batch,
         "qos": qos,
         "step_s": step_seconds,

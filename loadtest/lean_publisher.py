@@ -14,6 +14,12 @@ Each process keeps one non-blocking TCP connection, writes whatever is due as on
 counts the PUBACKs (QoS 1: ``confirmed`` = readings of acknowledged messages). Several processes
 (``workers``) split the fleet and the rate, like the simulator's workers. The stats file has the
 simulator's format (:class:`simulator.publisher.PublishStats`).
+
+By default (``prepare=True``) a process builds all of its step's frames before it starts publishing
+(:mod:`loadtest.prepared_frames`), and while publishing only copies them out and writes each reading's
+``ts`` as the send time: the readings are the same, the publisher's CPU inside the publishing window is
+a fraction. The time that takes is ``prepare_s`` in the stats; a step whose frames would not fit in
+``max_prepared_mb`` generates them live, as ``prepare=False`` does.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from iotp.schema import now_ms
 from iotp.settings import Settings
 from iotp.topics import mqtt_topic
 from loadtest.mqtt_frames import DISCONNECT, AckReader, check_connack, connect_packet, publish_packet
+from loadtest.prepared_frames import PreparedFrames, prepared_bytes_estimate
 from simulator.fleet import Device
 from simulator.publisher import PublishStats
 from simulator.scenario import Scenario, load_scenario
@@ -44,13 +51,23 @@ MAX_INFLIGHT = 60_000  # QoS 1 messages not yet acknowledged (packet ids are 16 
 MAX_PER_WAKE = 5_000  # messages generated per wake-up, so acks are read in between
 ACK_WAIT_S = 60.0
 WAKE_S = 0.002
+MAX_PREPARED_MB = 1024  # per process; beyond it the frames are generated while publishing
 
 
 class LeanPublisher:
     """One connection publishing ``devices`` round robin at ``rate`` readings/s."""
 
     def __init__(
-        self, settings: Settings, devices: list[Device], rate: float, *, qos: int = 1, batch: int = 1, client_id: str
+        self,
+        settings: Settings,
+        devices: list[Device],
+        rate: float,
+        *,
+        qos: int = 1,
+        batch: int = 1,
+        client_id: str,
+        prepare: bool = True,
+        max_prepared_mb: float = MAX_PREPARED_MB,
     ) -> None:
         if settings.mqtt_tls:
             raise ValueError("the lean publisher speaks plain TCP only; use the simulator for TLS brokers")
@@ -63,6 +80,8 @@ class LeanPublisher:
         self.qos = qos
         self.batch = max(1, batch)
         self.client_id = client_id
+        self.prepare = prepare
+        self.max_prepared_mb = max_prepared_mb
         self.stats = PublishStats(target_rate=rate)
         self.acks = AckReader()
 
@@ -92,8 +111,23 @@ class LeanPublisher:
         packet_id = index % 65535 + 1
         return publish_packet(self.topics[index % len(self.devices)], body, self.qos, packet_id)
 
+    def prepared(self, duration_s: float) -> PreparedFrames | None:
+        """Every frame of a ``duration_s`` run (:mod:`loadtest.prepared_frames`), or None when preparing is
+        off or they would take more than ``max_prepared_mb``."""
+        msg_rate = self.rate / self.batch
+        count = int(duration_s * msg_rate) + 2  # the loop sends at most int(elapsed * msg_rate) + 1
+        if not self.prepare or prepared_bytes_estimate(count, self.batch) > self.max_prepared_mb * 1e6:
+            return None
+        return PreparedFrames(
+            self.devices, self.topics, count, msg_rate=msg_rate, start_ms=now_ms(), qos=self.qos, batch=self.batch
+        )
+
     def run(self, duration_s: float, on_tick: Callable[[PublishStats], None] | None = None) -> PublishStats:
-        """Publish for ``duration_s``, then wait (up to a minute) for the outstanding PUBACKs."""
+        """Publish for ``duration_s``, then wait (up to a minute) for the outstanding PUBACKs. The frames
+        are prepared first (:meth:`prepared`), before connecting, so the broker sees no idle connection."""
+        prepare_started = time.monotonic()
+        frames = self.prepared(duration_s)
+        self.stats.prepare_s = round(time.monotonic() - prepare_started, 3) if frames is not None else 0.0
         sock = self._connect()
         selector = selectors.DefaultSelector()
         selector.register(sock, selectors.EVENT_READ)
@@ -113,9 +147,14 @@ class LeanPublisher:
                 due = min(int(elapsed * msg_rate) + 1 - sent, MAX_PER_WAKE)
                 if len(out) > MAX_BUFFER_BYTES or (self.qos and sent - self.acks.acked >= MAX_INFLIGHT):
                     due = 0
-                for _ in range(max(0, due)):
-                    out += self._message(sent, interval_ms)
-                    sent += 1
+                if due > 0 and frames is not None:
+                    stop = min(sent + due, len(frames))
+                    frames.append_to(out, sent, stop, now_ms())
+                    sent = stop
+                else:
+                    for _ in range(max(0, due)):
+                        out += self._message(sent, interval_ms)
+                        sent += 1
                 if out:
                     out = self._write(sock, out)
                 # wake at most every WAKE_S (so each wake-up writes a few dozen messages at 10k/s, not one)
@@ -179,7 +218,9 @@ class LeanPublisher:
             self.acks.feed(data)
 
 
-def _publish_part(settings: Settings, scenario: Scenario, index: int, workers: int, seq0: int) -> PublishStats:
+def _publish_part(
+    settings: Settings, scenario: Scenario, index: int, workers: int, seq0: int, prepare: bool = True
+) -> PublishStats:
     """Publish every ``workers``-th device of the fleet, from the ``index``-th, at their share of the rate."""
     devices = scenario.build_fleet(seq0)[index::workers]
     gc_tuning.tune(settings)
@@ -190,23 +231,29 @@ def _publish_part(settings: Settings, scenario: Scenario, index: int, workers: i
         qos=scenario.qos,
         batch=scenario.batch,
         client_id=f"iotp-lean-{os.getpid()}-{index}",
+        prepare=prepare,
     )
     return publisher.run(scenario.duration_s or 10.0)
 
 
-def _worker(settings: Settings, scenario: Scenario, index: int, workers: int, seq0: int, results: mp.Queue) -> None:
-    results.put(_publish_part(settings, scenario, index, workers, seq0).to_dict())
+def _worker(
+    settings: Settings, scenario: Scenario, index: int, workers: int, seq0: int, prepare: bool, results: mp.Queue
+) -> None:
+    results.put(_publish_part(settings, scenario, index, workers, seq0, prepare).to_dict())
 
 
-def run_lean(settings: Settings, scenario: Scenario, workers: int = 1) -> PublishStats:
+def run_lean(settings: Settings, scenario: Scenario, workers: int = 1, prepare: bool = True) -> PublishStats:
     """Publish the scenario's fleet for its ``duration_s`` from ``workers`` processes (1 = this one)."""
     seq0 = now_ms()
     workers = max(1, min(workers, scenario.fleet.devices))
     if workers == 1:
-        return PublishStats.merge([_publish_part(settings, scenario, 0, 1, seq0)])
+        return PublishStats.merge([_publish_part(settings, scenario, 0, 1, seq0, prepare)])
     ctx = mp.get_context("spawn")
     results: mp.Queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(settings, scenario, i, workers, seq0, results)) for i in range(workers)]
+    procs = [
+        ctx.Process(target=_worker, args=(settings, scenario, i, workers, seq0, prepare, results))
+        for i in range(workers)
+    ]
     for proc in procs:
         proc.start()
     timeout = (scenario.duration_s or 10.0) + ACK_WAIT_S + 60
@@ -220,12 +267,15 @@ def main(
     scenario: Annotated[Path, typer.Option(help="Scenario YAML (fleet, rate_per_s, duration_s, qos, batch)")],
     stats_json: Annotated[Path, typer.Option(help="Write the publisher's stats here")],
     workers: Annotated[int, typer.Option(min=1, help="Publisher processes")] = 1,
+    prepare: Annotated[
+        bool, typer.Option(help="Build every frame before publishing (--no-prepare: generate while publishing)")
+    ] = True,
 ) -> None:
     from infra.mqtt_auth import with_local_credentials
     from iotp.settings import get_settings
 
     settings = with_local_credentials(get_settings(), "simulator")
-    stats = run_lean(settings, load_scenario(scenario), workers)
+    stats = run_lean(settings, load_scenario(scenario), workers, prepare)
     stats_json.write_bytes(orjson.dumps(stats.to_dict()))
 
 

@@ -66,6 +66,7 @@ class PublishStats:
     behind_s: float = 0.0  # how far the schedule is behind the clock
     elapsed: float = 0.0
     cpu_s: float = 0.0  # CPU time (user + sys) of the publishing loop itself, summed over workers
+    prepare_s: float = 0.0  # time spent building the messages before publishing (the lean publisher's frames)
     anomalies: int = 0  # anomalies recorded in the ground truth
     workers: int = 1
     done: bool = False
@@ -116,6 +117,7 @@ class PublishStats:
                 setattr(total, name, getattr(total, name) + getattr(p, name))
             total.behind_s = max(total.behind_s, p.behind_s)
             total.elapsed = max(total.elapsed, p.elapsed)
+            total.prepare_s = max(total.prepare_s, p.prepare_s)
         total.done = all(p.done for p in parts) if parts else False
         total.worker_rates = [round(p.achieved_rate, 1) for p in parts]
         return total

@@ -61,12 +61,15 @@ def _scenario(rate: float, batch: int, devices: int = 40) -> Scenario:
     )
 
 
-@pytest.mark.parametrize("batch", [1, 5])
-def test_every_acknowledged_message_arrives_valid_and_in_order(isolated_settings, batch):
+@pytest.mark.parametrize(("batch", "prepare"), [(1, True), (5, True), (1, False), (5, False)])
+def test_every_acknowledged_message_arrives_valid_and_in_order(isolated_settings, batch, prepare):
     collector = Collector(isolated_settings)
     try:
         scenario = _scenario(rate=2000, batch=batch)
-        stats = run_lean(isolated_settings, scenario, workers=1)
+        before_ms = now_ms()
+        stats = run_lean(isolated_settings, scenario, workers=1, prepare=prepare)
+        after_ms = now_ms()
+        assert (stats.prepare_s > 0) == prepare
         assert stats.unconfirmed_messages == 0
         assert stats.messages >= 0.9 * 1.5 * 2000 / batch  # it kept (about) to the schedule
         assert stats.confirmed == stats.messages * batch
@@ -78,6 +81,8 @@ def test_every_acknowledged_message_arrives_valid_and_in_order(isolated_settings
             assert len(readings) == batch
             for r in readings:
                 seqs[r.device_id].append(r.seq)
+                # stamped when sent (a batch's first reading up to (batch - 1) x 20 ms earlier), never when made
+                assert before_ms + 1000 * stats.prepare_s - 100 <= r.ts <= after_ms
         assert len(seqs) == 40
         assert all(s == sorted(s) and len(set(s)) == len(s) for s in seqs.values())
     finally:
