@@ -309,8 +309,9 @@ class LoadTest:
                 self.log(f"step {index + 1}/{len(rates)}: {rate:.0f} readings/s for {self.step_s:.0f}s")
                 result = self.run_step(rate, index, Path(tmp))
                 results.append(result)
+                prepared = f" (frames prepared in {result.prepare_s:.1f}s first)" if result.prepare_s else ""
                 self.log(
-                    f"  published {result.publish_rate:.0f}/s, stored {result.stored}/{result.published}, "
+                    f"  published {result.publish_rate:.0f}/s{prepared}, stored {result.stored}/{result.published}, "
                     f"sustainable={result.sustainable} {'; '.join(result.notes)}"
                 )
                 failures = 0 if result.sustainable else failures + 1
