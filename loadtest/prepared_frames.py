@@ -9,9 +9,9 @@ planned time, so signals and ``seq`` are exactly those of a live run). Each ``ts
 reading's offset inside a batched message), which keeps the frame's length, so the MQTT remaining length
 and everything after it stay valid. Epoch milliseconds have 13 digits from 2001 to 2286.
 
-All frames sit in one ``bytearray`` with two offset arrays: about 200 bytes a message, so a 60 s step at
-10k messages/s is ~120 MB. :func:`prepared_bytes_estimate` lets the caller fall back to generating live
-beyond a memory budget.
+All frames sit in one ``bytearray`` with three offset arrays: about 270 bytes a message for the load test's
+power meters, so a 60 s step at 10k messages/s is ~160 MB. :func:`prepared_bytes_estimate` lets the caller
+fall back to generating live beyond a memory budget.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from simulator.fleet import Device
 TS_DIGITS = 13
 _PLACEHOLDER = 10**TS_DIGITS - 1  # 9999999999999: 13 digits, like every epoch ms until 2286
 _PLACEHOLDER_FIELD = b'"ts":' + str(_PLACEHOLDER).encode()
-BYTES_PER_MESSAGE_ESTIMATE = 260  # a power meter's frame (~200 B) and its offsets, measured with the fleet
+BYTES_PER_MESSAGE_ESTIMATE = 280  # a load-test power meter: a ~250 B frame and 24 B of offsets (measured: 272)
 
 
 def prepared_bytes_estimate(messages: int, batch: int) -> int:
